@@ -1,0 +1,67 @@
+# Two commands for a fresh machine: `make demo` and `make test`. Each does its own set-up:
+# the virtualenv, the install, and the local Kafka, Weaviate and Jaeger (built once, cached in
+# ~/.cache/loraswarm and in pip's, Maven's and Go's own caches).
+
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+TYPECHECK := build/typecheck
+
+.PHONY: all install constraints infra infra-down models lint typecheck test demo bench clean
+
+all: test
+
+# constraints.txt holds the versions `make test` last passed with: a fresh clone installs those,
+# not whatever was released since (typer 0.28, for one, dropped the click objects docs.py reads).
+$(STAMP): pyproject.toml constraints.txt
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e ".[dev]"
+	$(BIN)/python -m pip install --quiet --no-deps text-generation==0.7.0
+	@touch $@
+
+install: $(STAMP)
+
+# After upgrading within pyproject.toml's ranges and a green `make test`: record the versions.
+constraints: install
+	@{ sed -n '1,2p' constraints.txt; $(BIN)/python -m pip freeze --exclude-editable \
+	  | grep -v -E '^(loraswarm|text-generation)=='; } > constraints.txt.new
+	mv constraints.txt.new constraints.txt
+
+infra: install
+	$(BIN)/loraswarm infra up
+
+models: install
+	$(BIN)/loraswarm models pull
+
+infra-down: install
+	$(BIN)/loraswarm infra down
+
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+# mypy maps modules to folders by name; the package's folders (shared/, services/, deploy/local/)
+# are mapped by setuptools instead, so mypy reads them through a tree of links named as imported.
+typecheck: install
+	@rm -rf $(TYPECHECK) && mkdir -p $(TYPECHECK)/loraswarm
+	@for f in loraswarm/*.py loraswarm/*/; do ln -s "$(CURDIR)/$${f%/}" $(TYPECHECK)/loraswarm/; done
+	@ln -s $(CURDIR)/shared $(TYPECHECK)/loraswarm/shared
+	@ln -s $(CURDIR)/services $(TYPECHECK)/loraswarm/services
+	@ln -s $(CURDIR)/deploy/local $(TYPECHECK)/loraswarm/infra
+	cd $(TYPECHECK) && $(CURDIR)/$(BIN)/mypy --config-file $(CURDIR)/pyproject.toml -p loraswarm
+	MYPYPATH=$(TYPECHECK) $(BIN)/mypy tests
+
+test: lint typecheck infra models
+	$(BIN)/pytest -q
+
+demo: infra models
+	$(BIN)/loraswarm demo
+
+bench: infra
+	$(BIN)/loraswarm bench events
+
+clean:
+	rm -rf $(VENV) build *.egg-info .mypy_cache .ruff_cache .pytest_cache

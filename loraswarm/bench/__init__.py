@@ -1,0 +1,1 @@
+"""Benchmarks (`loraswarm bench ...`): each measures its baseline in the same run."""

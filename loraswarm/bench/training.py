@@ -1,0 +1,271 @@
+"""`loraswarm bench training`: the trainer's loop against a bare peft loop, and one whole job.
+
+1. Throughput: the trainer's step (`AdapterTraining.step`: schedule, clipping, NaN checks, a
+   progress callback) and a bare peft step (forward, backward, AdamW, nothing else) train two
+   copies of the model on the very same batches, stepping in turn with the order swapped every
+   step, so load from anything else on the machine falls on both alike. tokens/s of each and
+   their ratio (trainer / bare; the goal is ≥ 0.9) are reported.
+2. One job end to end on the default model: `Trainer.run` on a tenant's examples (gather, train,
+   evaluate held-out loss and leakage, publish), timed by phase.
+
+The text is the documentation of Python's standard library, so every machine has the same data.
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import json
+import statistics
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from itertools import islice
+from pathlib import Path
+from typing import Any
+
+from loraswarm.bench.machine import describe
+from loraswarm.bench.report import write_section
+from loraswarm.shared.settings import Settings
+
+_MODULES = (
+    "json", "collections", "asyncio", "pathlib", "itertools", "functools", "argparse", "logging",
+    "datetime", "decimal", "fractions", "statistics", "textwrap", "difflib", "heapq", "bisect",
+    "contextlib", "dataclasses", "typing", "enum", "csv", "sqlite3", "unittest", "zipfile",
+)  # fmt: skip
+
+
+@dataclass
+class Results:
+    device: str
+    steps: int
+    batch_size: int
+    seq_len: int
+    tokens: int = 0  # of all timed steps; the same for both loops
+    bare_step_s: list[float] = field(default_factory=list)
+    trainer_step_s: list[float] = field(default_factory=list)
+    job: dict[str, float] = field(default_factory=dict)
+    job_outcome: str = ""
+
+    @property
+    def bare_tokens_per_s(self) -> float:
+        return self.tokens / sum(self.bare_step_s)
+
+    @property
+    def trainer_tokens_per_s(self) -> float:
+        return self.tokens / sum(self.trainer_step_s)
+
+    @property
+    def ratio(self) -> float:
+        return self.trainer_tokens_per_s / self.bare_tokens_per_s
+
+    @property
+    def median_step_ratio(self) -> float:
+        """Median over steps of bare time / trainer time (robust to a burst of load on one step)."""
+        return statistics.median(b / t for b, t in zip(self.bare_step_s, self.trainer_step_s, strict=True))
+
+
+def corpus_texts() -> list[tuple[str, str]]:
+    """(module, documentation) of standard-library modules: the same text everywhere."""
+    texts = []
+    for name in _MODULES:
+        doc = inspect.getdoc(importlib.import_module(name))
+        if doc:
+            texts.append((name, doc))
+    return texts
+
+
+def _batches(tokenizer: Any, hp: Any, steps: int) -> list[Any]:
+    from loraswarm.services.trainer.corpus import CorpusChunk
+    from loraswarm.services.trainer.dataset import document_units, training_batches
+
+    chunks = [CorpusChunk(name, 0, "v", "company", text) for name, text in corpus_texts()]
+    samples = [s for u in document_units(chunks, tokenizer, hp.seq_len) for s in u.samples]
+    return list(islice(training_batches(samples, hp.batch_size, tokenizer.pad_token_id, hp.seed), steps))
+
+
+def _bare_peft_step(base: Any, hp: Any, device: str) -> Callable[[Any], None]:
+    """What anyone would write with peft: forward, backward, AdamW step; no schedule, no checks."""
+    import torch
+    from peft import LoraConfig, TaskType, get_peft_model
+
+    torch.manual_seed(hp.seed)
+    config = LoraConfig(
+        r=hp.r,
+        lora_alpha=hp.lora_alpha,
+        lora_dropout=hp.lora_dropout,
+        target_modules=list(hp.target_modules),
+        bias="none",
+        task_type=TaskType.CAUSAL_LM,
+    )
+    model = get_peft_model(base, config)
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=hp.learning_rate)
+    model.train()
+
+    def step(batch: Any) -> None:
+        b = batch.to(device)
+        out = model(input_ids=b.input_ids, attention_mask=b.attention_mask, labels=b.labels)
+        out.loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    return step
+
+
+def _trainer_step(base: Any, hp: Any, device: str) -> Callable[[Any], float]:
+    """The trainer's own step, with a progress callback like the service's."""
+    from loraswarm.services.trainer.loop import AdapterTraining
+    from loraswarm.services.trainer.methods import attach
+
+    sent: list[float] = []
+
+    def progress(step: int, total: int, loss: float) -> None:
+        if step % 10 == 0 or step == total:
+            sent.append(loss)
+
+    return AdapterTraining(attach(base, "lora", hp), hp, device=device, on_step=progress).step
+
+
+def interleaved(base: Any, batches: list[Any], hp: Any, device: str, results: Results) -> None:
+    """Both loops through the same batches in turn; the first batch is an untimed warm-up."""
+    bare = _bare_peft_step(base.fresh(), hp, device)
+    trainer = _trainer_step(base.fresh(), hp, device)
+    bare(batches[0])
+    trainer(batches[0])
+    for i, batch in enumerate(batches[1:]):
+        order: list[tuple[Callable[[Any], Any], list[float]]] = [
+            (bare, results.bare_step_s),
+            (trainer, results.trainer_step_s),
+        ]
+        for step, times in order if i % 2 == 0 else order[::-1]:
+            started = time.perf_counter()
+            step(batch)
+            times.append(time.perf_counter() - started)
+        results.tokens += batch.tokens
+
+
+def _examples_file(folder: Path) -> str:
+    """Chat pairs about the standard library, in the tenant's own folder."""
+    lines = []
+    for name, doc in corpus_texts():
+        paragraphs = [p.strip() for p in doc.split("\n\n") if p.strip()]
+        for i, paragraph in enumerate(paragraphs[:6]):
+            question = f"What does the Python module {name} say{' next' if i else ''}?"
+            lines.append(
+                json.dumps(
+                    {
+                        "messages": [
+                            {"role": "user", "content": question},
+                            {"role": "assistant", "content": paragraph[:600]},
+                        ]
+                    }
+                )
+            )
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "stdlib.jsonl").write_text("\n".join(lines) + "\n")
+    return "stdlib.jsonl"
+
+
+def _one_job(settings: Settings, base: Any, publish_steps: int) -> tuple[str, dict[str, float]]:
+    from loraswarm.services.trainer.pipeline import Published, Trainer
+    from loraswarm.services.trainer.scope import Scope
+    from loraswarm.shared.events import AdapterTrainRequested, TrainingData
+
+    with tempfile.TemporaryDirectory(prefix="bench-training-") as tmp:
+        job_settings = settings.model_copy(update={"data_dir": Path(tmp) / "data"})
+        job_settings.orchestration = settings.orchestration.model_copy(
+            update={"tenants_dir": Path(tmp) / "tenants"}
+        )
+        trainer = Trainer(job_settings, base=base)
+        examples = _examples_file(trainer.files.folder(Scope("bench")))
+        request = AdapterTrainRequested(
+            tenant_id="bench",
+            name="stdlib",
+            data=TrainingData(documents=False, examples_path=examples),
+            hyperparameters={"steps": publish_steps} if publish_steps else {},
+        )
+        started = time.perf_counter()
+        outcome = trainer.run(request)
+        total = time.perf_counter() - started
+    metrics = dict(outcome.metrics)
+    metrics["wall_seconds"] = total
+    label = (
+        f"published {outcome.adapter_id}@{outcome.version}"
+        if isinstance(outcome, Published)
+        else (f"rejected ({outcome.code}): {outcome.reason}")
+    )
+    return label, metrics
+
+
+def run(
+    settings: Settings,
+    *,
+    steps: int,
+    publish_steps: int,
+    out: Path,
+    log: Callable[[str], None] = print,
+) -> Results:
+    from loraswarm.services.trainer.pipeline import BaseModels
+
+    base = BaseModels(settings)
+    _, tokenizer = base.get()
+    device = base.device.name
+    hp = settings.trainer.defaults.model_copy(update={"steps": steps, "warmup_steps": 0})
+    batches = _batches(tokenizer, hp, steps + 1)  # one more: the untimed warm-up step
+    label = f"{device} ({base.device.dtype})".replace("torch.", "")
+    results = Results(label, steps, hp.batch_size, hp.seq_len)
+    log(f"{steps} steps of each loop, interleaved, on {label} ...")
+    interleaved(base, batches, hp, device, results)
+    log(
+        f"bare peft loop {results.bare_tokens_per_s:.0f} tokens/s, trainer {results.trainer_tokens_per_s:.0f}"
+    )
+    log("one whole job: gather, train, evaluate, gate, publish ...")
+    results.job_outcome, results.job = _one_job(settings, base, publish_steps)
+    log(results.job_outcome)
+    write_section(out, "training", markdown(results))
+    return results
+
+
+def markdown(r: Results) -> str:
+    job = r.job
+    steps = int(job.get("steps", 0))
+    other = job.get("wall_seconds", 0.0) - job.get("train_seconds", 0.0) - job.get("eval_seconds", 0.0)
+    nan = float("nan")
+    lines = [
+        "## Training (`loraswarm bench training`)",
+        "",
+        f"Machine: {describe()}; device {r.device}.",
+        "",
+        f"Throughput on the same {r.steps} batches ({r.batch_size} × up to {r.seq_len} tokens of standard-library "
+        "documentation, LoRA r=8 on q/v), the two loops stepping in turn (order swapped every step) so that "
+        "load from anything else on the machine falls on both alike:",
+        "",
+        "| loop | tokens/s | seconds/step (median) |",
+        "|---|---|---|",
+        f"| bare peft loop (forward, backward, AdamW) | {r.bare_tokens_per_s:.0f} | "
+        f"{statistics.median(r.bare_step_s):.2f} |",
+        f"| trainer (`AdapterTraining.step`: + schedule, clipping, NaN checks, progress) | "
+        f"{r.trainer_tokens_per_s:.0f} | {statistics.median(r.trainer_step_s):.2f} |",
+        "",
+        f"Trainer / bare: **{r.ratio:.2f}×** over all steps (median of the per-step ratios: "
+        f"{r.median_step_ratio:.2f}×; goal ≥ 0.9×).",
+        "",
+        f"One adapter trained and published on the default model ({steps} steps of {r.batch_size} × up to "
+        f"{r.seq_len} tokens, otherwise default hyper-parameters, {int(job.get('examples', 0))} chat examples): "
+        f"{r.job_outcome}.",
+        "",
+        "| phase | seconds |",
+        "|---|---|",
+        f"| training ({job.get('train_tokens_per_s', 0):.0f} tokens/s) | {job.get('train_seconds', 0):.1f} |",
+        f"| evaluation (held-out loss vs the base model; {int(job.get('canaries', 0))} canaries ranked among "
+        f"{int(job.get('leak_references', 0))} references under the adapter and the base model) | "
+        f"{job.get('eval_seconds', 0):.1f} |",
+        f"| data, model copy, publish | {other:.1f} |",
+        f"| **total** | **{job.get('wall_seconds', 0):.1f}** |",
+        "",
+        f"Held-out loss {job.get('heldout_loss', nan):.3f} vs {job.get('start_heldout_loss', nan):.3f} before "
+        f"training; owner canary exposure {job.get('owner_exposure_mean', nan):.2f} bits (never-seen level "
+        f"{job.get('leak_never_seen_bits', nan):.2f}, highest measurable {job.get('leak_max_measurable_bits', nan):.2f}).",
+    ]
+    return "\n".join(lines)

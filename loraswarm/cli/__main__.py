@@ -1,0 +1,3 @@
+from loraswarm.cli import main
+
+main()

@@ -1,0 +1,100 @@
+"""`loraswarm eval`: the personalization benchmark (adapters vs RAG vs the swarm, per tenant)."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import typer
+from rich.console import Console
+
+console = Console()
+
+
+def eval_command(
+    quick: bool = typer.Option(
+        False, "--quick", help="The test size: 1 tenant, 7 questions, 4-step adapters."
+    ),
+    corpus: Path | None = typer.Option(
+        None,
+        "--corpus",
+        help="Corpus folder: <tenant>/company/** and <tenant>/users/<user>/** (default: generated).",
+    ),
+    questions: Path | None = typer.Option(
+        None, "--questions", help="Question file, JSONL (see README); needs --corpus (default: generated)."
+    ),
+    conditions: str = typer.Option(
+        "base,rag,company,company_user,adapter_rag,swarm",
+        "--conditions",
+        help="Comma-separated: base, rag, company, company_user, adapter_rag, swarm.",
+    ),
+    out: Path = typer.Option(
+        Path("eval-out"), "--out", help="Where report.md, report.json, chart.png and the run's state go."
+    ),
+    seed: int = typer.Option(0, "--seed", help="Seed of the generated data, training and bootstrap."),
+    steps: int | None = typer.Option(
+        None, "--steps", min=1, help="Training steps per adapter (default: by size)."
+    ),
+    concurrency: int = typer.Option(8, "--concurrency", min=1, help="Answers requested at a time."),
+    benchmarks: Path | None = typer.Option(
+        None,
+        "--benchmarks",
+        help="Also write the `personalization` section of this BENCHMARKS.md (chart next to it).",
+    ),
+) -> None:
+    """Ingest, train the adapters the conditions need, answer every question under each condition, score, report."""
+    from loraswarm.demo import DemoError
+    from loraswarm.eval.corpus import generate
+    from loraswarm.eval.publish import publish_section
+    from loraswarm.eval.report import markdown, write
+    from loraswarm.eval.runner import EvalConfig, EvalError, run_eval
+    from loraswarm.eval.sizes import FULL, QUICK
+    from loraswarm.shared.vectorstore import VectorStoreUnavailable
+
+    size = QUICK if quick else FULL
+    if (corpus is None) != (questions is None):
+        console.print("[red]--corpus and --questions go together (or leave both out to generate data)[/red]")
+        raise typer.Exit(2)
+    generated: dict[str, object] = {}
+    if corpus is None or questions is None:
+        corpus, questions = out / "data" / "corpus", out / "data" / "questions.jsonl"
+        shutil.rmtree(out / "data", ignore_errors=True)
+        generate(
+            seed=seed, tenants=size.tenants, users_per_tenant=size.users_per_tenant, per_kind=size.per_kind
+        ).write(corpus, questions)
+        generated = {
+            "generated": True,
+            "per_kind_per_tenant": size.per_kind,
+            "users_per_tenant": size.users_per_tenant,
+        }
+        console.print(f"generated the data (seed {seed}) into {out / 'data'}")
+    config = EvalConfig(
+        corpus=corpus,
+        questions=questions,
+        out=out,
+        conditions=[c.strip() for c in conditions.split(",") if c.strip()],  # type: ignore[misc]
+        steps=steps or size.steps,
+        seed=seed,
+        concurrency=concurrency,
+        max_new_tokens=dict(size.max_new_tokens),
+        hyperparameters=dict(size.hyperparameters),
+        min_train_tokens=size.min_train_tokens,
+        sizes=generated | {"size": "quick" if quick else "full"},
+    )
+    try:
+        run = run_eval(config, console)
+    except (EvalError, DemoError, VectorStoreUnavailable) as exc:
+        console.print(f"[red]{exc}[/red]")
+        raise typer.Exit(1) from exc
+    report = write(run, out)
+    console.print(markdown(report, chart=None))
+    console.print(
+        f"written {out / 'report.md'}, {out / 'report.json'}, {out / 'chart.png'} ({run.timings_s['total']:.0f} s)"
+    )
+    if benchmarks is not None:
+        publish_section(report, out / "chart.png", benchmarks)
+        console.print(f"written the personalization section of {benchmarks}")
+
+
+def register(app: typer.Typer, bench: typer.Typer) -> None:
+    app.command("eval")(eval_command)

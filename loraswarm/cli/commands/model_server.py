@@ -1,0 +1,53 @@
+"""`loraswarm bench serving`: the model server against peft baselines (see loraswarm/bench/serving.py)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+from rich.console import Console
+
+from loraswarm.shared.settings import Settings
+
+console = Console()
+
+
+def bench_serving(
+    requests: int = typer.Option(64, "--requests", "-n", help="Requests in the open-loop workload."),
+    adapters: int = typer.Option(32, "--adapters", help="Distinct adapters the requests use."),
+    rank: int = typer.Option(8, "--rank", help="LoRA rank of the adapters."),
+    rate: float = typer.Option(8.0, "--rate", help="Poisson arrival rate, requests per second."),
+    min_new: int = typer.Option(12, "--min-new-tokens", help="Fewest new tokens a request asks for."),
+    max_new: int = typer.Option(36, "--max-new-tokens", help="Most new tokens a request asks for."),
+    batch: int = typer.Option(32, "--batch", help="Batch cap of the server and of the static peft batches."),
+    swap_requests: int = typer.Option(
+        8, "--swap-requests", help="Requests (a) runs (it is slow, and its rate is per request)."
+    ),
+    registered: int = typer.Option(1000, "--registered", help="Adapters registered for the LRU measurement."),
+    lru: int = typer.Option(64, "--lru", help="Resident adapters of the LRU measurement."),
+    threads: int = typer.Option(0, "--threads", help="CPU threads for every system (0: torch's default)."),
+    out: Path = typer.Option(Path("BENCHMARKS.md"), "--out", help="Markdown file to update."),
+) -> None:
+    """Multi-LoRA serving: this server vs peft swapped per request, peft static batches, and the base model."""
+    from loraswarm.bench.serving import Options, run, write
+
+    options = Options(
+        requests=requests,
+        adapters=adapters,
+        rank=rank,
+        rate=rate,
+        min_new_tokens=min_new,
+        max_new_tokens=max_new,
+        batch=batch,
+        swap_requests=swap_requests,
+        registered=registered,
+        lru=lru,
+        threads=threads,
+    )
+    report = run(Settings(), options)
+    console.print(write(report, out))
+    console.print(f"written to {out}")
+
+
+def register(app: typer.Typer, bench: typer.Typer) -> None:
+    bench.command("serving")(bench_serving)

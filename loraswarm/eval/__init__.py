@@ -1,0 +1,1 @@
+"""The personalization benchmark: generated or external tenant data, conditions, scoring, report."""

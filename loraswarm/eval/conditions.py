@@ -1,0 +1,252 @@
+"""The conditions: one way each of answering the same questions with the same base model.
+
+| condition      | adapters sent to the model server     | retrieval            | path                |
+|----------------|---------------------------------------|----------------------|---------------------|
+| base           | none                                  | none                 | TGI `/generate`     |
+| rag            | none                                  | tenant's documents   | TGI `/generate`     |
+| company        | `<tenant>/company`                    | none                 | TGI `/generate`     |
+| company_user   | `<tenant>/company+<tenant>/user-<u>`  | none                 | TGI `/generate`     |
+| adapter_rag    | as company_user                       | tenant's documents   | TGI `/generate`     |
+| swarm          | the tenant's specialists choose       | planner + specialists| Kafka events        |
+
+A company question (no user) has no user adapter: company_user and adapter_rag use the company
+adapter alone for it. Every direct condition uses the same prompt, only with or without the
+documents, and greedy decoding, so what differs is what the condition uses — nothing else.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Literal
+
+from huggingface_hub import AsyncInferenceClient
+
+from loraswarm.eval.questions import EvalQuestion, Kind
+from loraswarm.shared.events import Passage, RecommendationCompleted, RecommendationFailed
+from loraswarm.shared.settings import Settings
+
+ConditionName = Literal["base", "rag", "company", "company_user", "adapter_rag", "swarm"]
+CONDITIONS: tuple[ConditionName, ...] = ("base", "rag", "company", "company_user", "adapter_rag", "swarm")
+
+
+@dataclass(frozen=True)
+class Condition:
+    name: ConditionName
+    label: str
+    adapters: Literal["none", "company", "stack"]
+    rag: bool
+    swarm: bool = False
+
+
+SPECS: dict[ConditionName, Condition] = {
+    "base": Condition("base", "base model alone", "none", rag=False),
+    "rag": Condition("rag", "base + RAG", "none", rag=True),
+    "company": Condition("company", "company adapter", "company", rag=False),
+    "company_user": Condition("company_user", "company + user adapter", "stack", rag=False),
+    "adapter_rag": Condition("adapter_rag", "company + user adapter + RAG", "stack", rag=True),
+    "swarm": Condition("swarm", "full swarm (planner + specialists)", "stack", rag=True, swarm=True),
+}
+
+
+@dataclass
+class Answer:
+    question_id: str
+    condition: ConditionName
+    text: str = ""
+    latency_ms: float = 0.0
+    input_tokens: int = 0
+    output_tokens: int = 0
+    adapter_id: str | None = None  # what this condition asked the model server for (direct paths)
+    retrieved: int = 0  # passages put into the prompt (direct paths)
+    error: str | None = None
+    notes: list[str] = field(default_factory=list)
+
+
+@dataclass
+class EvalContext:
+    """What every condition shares: the settings, the served model and the published adapters."""
+
+    settings: Settings
+    model_url: str
+    adapters: dict[tuple[str, str | None], str]  # (tenant, None) → company adapter; (tenant, user) → user's
+    max_new_tokens: dict[Kind, int]
+    concurrency: int
+    k: int = 4
+    swarm_deadline_s: float = 900.0
+
+
+def adapter_stack(condition: Condition, question: EvalQuestion, ctx: EvalContext) -> list[str] | None:
+    """The adapters to send, or None when one the condition needs was not published."""
+    if condition.adapters == "none":
+        return []
+    company = ctx.adapters.get((question.tenant, None))
+    if company is None:
+        return None
+    if condition.adapters == "company" or question.user is None:
+        return [company]
+    user = ctx.adapters.get((question.tenant, question.user))
+    return None if user is None else [company, user]
+
+
+_INSTRUCTIONS: dict[Kind, str] = {
+    "fact": "Answer in one short sentence.",
+    "process": "List the steps in order, one per line.",
+    "style": "Write the reply itself, following the company's writing rules.",
+}
+
+
+def build_prompt(question: EvalQuestion, passages: list[Passage]) -> str:
+    """ChatML (the default base model's template); the documents only when the condition retrieves."""
+    who = f" You are talking to {question.user}, who works there." if question.user else ""
+    system = f"You are the assistant of the company {question.tenant}.{who} {_INSTRUCTIONS[question.kind]}"
+    user = question.question
+    if passages:
+        docs = "\n".join(f"[{i}] {p.text}" for i, p in enumerate(passages, 1))
+        user = f"Documents:\n{docs}\n\nQuestion: {question.question}"
+    return (
+        f"<|im_start|>system\n{system}<|im_end|>\n<|im_start|>user\n{user}<|im_end|>\n<|im_start|>assistant\n"
+    )
+
+
+async def _direct(
+    condition: Condition, q: EvalQuestion, ctx: EvalContext, client: AsyncInferenceClient
+) -> Answer:
+    from loraswarm.shared.vectorstore import search
+
+    answer = Answer(q.id, condition.name)
+    stack = adapter_stack(condition, q, ctx)
+    if stack is None:
+        answer.error = "an adapter this condition needs was not published (see the training table)"
+        return answer
+    answer.adapter_id = "+".join(stack) or None
+    started = time.perf_counter()
+    passages: list[Passage] = []
+    if condition.rag:
+        passages = await asyncio.to_thread(search, ctx.settings, q.tenant, q.user, q.question, ctx.k)
+    answer.retrieved = len(passages)
+    try:
+        output = await client.text_generation(
+            build_prompt(q, passages),
+            adapter_id=answer.adapter_id,
+            max_new_tokens=ctx.max_new_tokens[q.kind],
+            # POST / answers with the prompt included unless told not to (TGI's default, kept by
+            # the model server): an echoed prompt would score the retrieved documents as the answer.
+            return_full_text=False,
+            details=True,
+            decoder_input_details=True,
+        )
+    except Exception as exc:
+        answer.error = f"{type(exc).__name__}: {exc}"
+        return answer
+    answer.latency_ms = (time.perf_counter() - started) * 1000
+    answer.text = output.generated_text.strip()
+    details = output.details
+    answer.input_tokens = len(details.prefill or []) if details else 0
+    answer.output_tokens = int(details.generated_tokens) if details else 0
+    return answer
+
+
+async def _direct_all(
+    condition: Condition, questions: list[EvalQuestion], ctx: EvalContext, progress: Callable[[], None]
+) -> list[Answer]:
+    # One client per tenant: the model server binds adapters to the `X-Tenant-Id` header.
+    clients = {
+        t: AsyncInferenceClient(
+            base_url=ctx.model_url,
+            timeout=ctx.settings.orchestration.llm_timeout_s,
+            headers={"X-Tenant-Id": t},
+        )
+        for t in sorted({q.tenant for q in questions})
+    }
+    gate = asyncio.Semaphore(ctx.concurrency)
+
+    async def one(q: EvalQuestion) -> Answer:
+        async with gate:
+            answer = await _direct(condition, q, ctx, clients[q.tenant])
+        progress()
+        return answer
+
+    try:
+        return list(await asyncio.gather(*(one(q) for q in questions)))
+    finally:
+        for client in clients.values():
+            await client.close()  # type: ignore[no-untyped-call]
+
+
+def _swarm_text(event: RecommendationCompleted) -> str:
+    parts = [event.summary] if event.summary else []
+    parts += [r.text for r in event.recommendations]
+    return "\n".join(p.strip() for p in parts if p.strip())
+
+
+async def _swarm_all(
+    condition: Condition, questions: list[EvalQuestion], ctx: EvalContext, progress: Callable[[], None]
+) -> list[Answer]:
+    """Each question as a `recommendation.requested` event through planner and specialists."""
+    from loraswarm.demo import swarm
+    from loraswarm.shared.events import RecommendationRequested
+
+    waiting: dict[str, asyncio.Future[RecommendationCompleted | RecommendationFailed]] = {}
+    gate = asyncio.Semaphore(ctx.concurrency)
+
+    async with swarm(ctx.settings) as client:
+
+        @client.consumer(RecommendationCompleted, group="eval-client")
+        async def completed(event: RecommendationCompleted) -> None:
+            future = waiting.get(str(event.request_id))
+            if future is not None and not future.done():
+                future.set_result(event)
+
+        @client.consumer(RecommendationFailed, group="eval-client-failed")
+        async def failed(event: RecommendationFailed) -> None:
+            future = waiting.get(str(event.request_id))
+            if future is not None and not future.done():
+                future.set_result(event)
+
+        async def one(q: EvalQuestion) -> Answer:
+            answer = Answer(q.id, condition.name)
+            async with gate:
+                request = RecommendationRequested(
+                    tenant_id=q.tenant, user_id=q.user, question=q.question, deadline_s=ctx.swarm_deadline_s
+                )
+                future = asyncio.get_running_loop().create_future()
+                waiting[str(request.request_id)] = future
+                started = time.perf_counter()
+                await client.publish(request)
+                outcome: RecommendationCompleted | RecommendationFailed | None = None
+                with contextlib.suppress(TimeoutError):
+                    outcome = await asyncio.wait_for(future, timeout=ctx.swarm_deadline_s + 30)
+                answer.latency_ms = (time.perf_counter() - started) * 1000
+            progress()
+            if outcome is None:
+                answer.error = "no answer before the deadline"
+            elif isinstance(outcome, RecommendationFailed):
+                answer.error = f"failed ({outcome.code}): {outcome.reason}"
+            else:
+                answer.text = _swarm_text(outcome)
+                answer.input_tokens = sum(u.input_tokens for u in outcome.usage_by_step.values())
+                answer.output_tokens = sum(u.output_tokens for u in outcome.usage_by_step.values())
+                stacks = sorted({"+".join(c.adapter_ids) or "base" for c in outcome.contributions})
+                answer.adapter_id = ", ".join(stacks) or None
+                answer.notes = list(outcome.notes)
+            return answer
+
+        async with client:
+            return list(await asyncio.gather(*(one(q) for q in questions)))
+
+
+async def run_condition(
+    name: ConditionName,
+    questions: list[EvalQuestion],
+    ctx: EvalContext,
+    progress: Callable[[], None] = lambda: None,
+) -> list[Answer]:
+    """Every question answered under one condition (the runner calls these one after another)."""
+    condition = SPECS[name]
+    if condition.swarm:
+        return await _swarm_all(condition, questions, ctx, progress)
+    return await _direct_all(condition, questions, ctx, progress)

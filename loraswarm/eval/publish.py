@@ -1,0 +1,110 @@
+"""The `personalization` section of BENCHMARKS.md: the table, the chart, and what they show.
+
+The findings are computed from the numbers (a difference counts only when the two 95% intervals
+do not overlap), so the section says where RAG alone wins as plainly as where an adapter does.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from typing import Any
+
+from loraswarm.bench.machine import describe
+from loraswarm.bench.report import write_section
+from loraswarm.eval.report import markdown
+from loraswarm.eval.scoring import Estimate
+
+CHART = Path("bench/personalization/chart.png")
+_NAMES = {
+    "fact_accuracy": "fact accuracy",
+    "process_recall": "process-step recall",
+    "process_order": "process-step order",
+    "style_adherence": "style adherence",
+}
+
+
+def compare(a: Estimate, b: Estimate) -> str:
+    """`better`, `worse` or `tied` (overlapping 95% intervals) for a against b."""
+    if a.n == 0 or b.n == 0:
+        return "n/a"
+    if a.low > b.high:
+        return "better"
+    if a.high < b.low:
+        return "worse"
+    return "tied"
+
+
+def findings(report: dict[str, Any]) -> list[str]:
+    est = report["estimates"]
+    labels: dict[str, str] = report["conditions"]
+    lines = []
+
+    def e(condition: str, metric: str) -> Estimate:
+        return Estimate(**est[condition]["all"][metric])
+
+    for metric, name in _NAMES.items():
+        scored = [c for c in labels if e(c, metric).n > 0]
+        if not scored:
+            continue
+        best = max(scored, key=lambda c: e(c, metric).mean)
+        ties = [c for c in scored if c != best and compare(e(best, metric), e(c, metric)) == "tied"]
+        line = f"- {name}: best is {labels[best]} ({e(best, metric).mean:.2f})"
+        line += (
+            f", within the interval of {', '.join(labels[c] for c in ties)}"
+            if ties
+            else ", ahead of every other condition"
+        ) + "."
+        if "rag" in labels:
+            for adapter in ("company", "company_user"):
+                if adapter in labels:
+                    verdict = compare(e("rag", metric), e(adapter, metric))
+                    if verdict == "better":
+                        line += f" RAG alone beats the {labels[adapter]} ({e('rag', metric).mean:.2f} vs {e(adapter, metric).mean:.2f})."
+                    elif verdict == "worse":
+                        line += f" The {labels[adapter]} beats RAG alone ({e(adapter, metric).mean:.2f} vs {e('rag', metric).mean:.2f})."
+        if "rag" in labels and "adapter_rag" in labels:
+            verdict = compare(e("adapter_rag", metric), e("rag", metric))
+            if verdict != "n/a":
+                word = {
+                    "better": "adds to",
+                    "worse": "takes away from",
+                    "tied": "makes no measurable difference to",
+                }[verdict]
+                line += f" Adding the adapters {word} RAG ({e('adapter_rag', metric).mean:.2f} vs {e('rag', metric).mean:.2f})."
+        lines.append(line)
+    return lines
+
+
+def section(report: dict[str, Any], chart: Path) -> str:
+    t = report["timings_s"]
+    return "\n".join(
+        [
+            "## Personalization (`loraswarm eval`)",
+            "",
+            f"Machine: {describe()}. Base model: the default (SmolLM2-135M-Instruct), float32 on the CPU; "
+            f"seed {report['settings']['seed']}; whole run {t['total'] / 60:.1f} min "
+            f"(ingest {t['ingest']:.0f} s, training {t['train'] / 60:.1f} min, answering {t['answer'] / 60:.1f} min).",
+            "",
+            "Generated tenants (`loraswarm.eval.corpus`): per company random facts (names, numbers, codes), "
+            "processes (steps in a random order) and writing rules; per user private notes, a checklist and "
+            "writing preferences. Nothing in them can be guessed, so a right answer was learned from the tenant's data. "
+            "Scoring: fact accuracy = an accepted answer appears (normalized, whole words); process recall = gold steps "
+            "found, order = longest in-order run of the found steps / found; style = share of the rules followed. "
+            "LLaMA-Adapter is not compared: the trainer trains it, but the model server does not serve it "
+            "(no weight delta to batch per request), so no condition could ask for it.",
+            "",
+            markdown(report, chart=chart.as_posix()).rstrip(),
+            "",
+            "What it shows (a difference counts only where the 95% intervals do not overlap):",
+            "",
+            *findings(report),
+        ]
+    )
+
+
+def publish_section(report: dict[str, Any], chart_file: Path, benchmarks: Path) -> None:
+    target = benchmarks.parent / CHART
+    target.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(chart_file, target)
+    write_section(benchmarks, "personalization", section(report, CHART))

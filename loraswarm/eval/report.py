@@ -1,0 +1,241 @@
+"""Scores per answer, estimates per condition and tenant, and the three files: report.md,
+report.json and chart.png."""
+
+from __future__ import annotations
+
+import json
+import math
+import statistics
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from loraswarm.eval.conditions import SPECS, Answer
+from loraswarm.eval.questions import EvalQuestion
+from loraswarm.eval.runner import EvalRun
+from loraswarm.eval.scoring import Estimate, bootstrap, fact_scores, process_scores, style_score
+
+METRICS = ("fact_accuracy", "fact_exact", "process_recall", "process_order", "style_adherence")
+_CHARTED = ("fact_accuracy", "process_recall", "process_order", "style_adherence")
+ALL = "all"
+
+
+@dataclass
+class Scored:
+    question: EvalQuestion
+    answer: Answer
+    scores: dict[str, float]  # the metrics that apply to this question's kind
+
+
+def score(question: EvalQuestion, answer: Answer) -> dict[str, float]:
+    """A failed answer scores as an empty one: a condition that cannot answer gets no credit."""
+    text = answer.text
+    if question.kind == "fact":
+        hit, exact = fact_scores(text, question.answers, question.all_of)
+        return {"fact_accuracy": hit, "fact_exact": exact}
+    if question.kind == "process":
+        recall, order = process_scores(text, question.steps)
+        return {"process_recall": recall} | ({"process_order": order} if order is not None else {})
+    return {"style_adherence": style_score(text, question.style_rules)}
+
+
+def score_run(run: EvalRun) -> list[Scored]:
+    by_id = {q.id: q for q in run.questions}
+    return [Scored(by_id[a.question_id], a, score(by_id[a.question_id], a)) for a in run.answers]
+
+
+def estimates(scored: list[Scored], seed: int) -> dict[str, dict[str, dict[str, Estimate]]]:
+    """condition → tenant (or `all`, or `two_source`) → metric → estimate with a bootstrap CI."""
+    out: dict[str, dict[str, dict[str, Estimate]]] = {}
+    conditions = list(dict.fromkeys(s.answer.condition for s in scored))
+    tenants = sorted({s.question.tenant for s in scored})
+    for ci, condition in enumerate(conditions):
+        mine = [s for s in scored if s.answer.condition == condition]
+        groups = {ALL: mine, "two_source": [s for s in mine if s.question.two_source]}
+        groups |= {t: [s for s in mine if s.question.tenant == t] for t in tenants}
+        out[condition] = {}
+        for gi, (group, items) in enumerate(groups.items()):
+            out[condition][group] = {
+                # One seed per cell, derived from the run's seed: reproducible, yet not the same
+                # resamples for every cell.
+                m: bootstrap(
+                    [s.scores[m] for s in items if m in s.scores], seed=seed * 1000 + ci * 100 + gi * 10 + mi
+                )
+                for mi, m in enumerate(METRICS)
+            }
+    return out
+
+
+def _cost(answers: list[Answer]) -> dict[str, float]:
+    ok = [a for a in answers if a.error is None]
+    lat = sorted(a.latency_ms for a in ok)
+    return {
+        "answers": float(len(answers)),
+        "failed": float(len(answers) - len(ok)),
+        "latency_ms_p50": statistics.median(lat) if lat else math.nan,
+        "latency_ms_mean": statistics.fmean(lat) if lat else math.nan,
+        "input_tokens_mean": statistics.fmean(a.input_tokens for a in ok) if ok else math.nan,
+        "output_tokens_mean": statistics.fmean(a.output_tokens for a in ok) if ok else math.nan,
+        "retrieved_mean": statistics.fmean(a.retrieved for a in ok) if ok else math.nan,
+    }
+
+
+def _fmt(e: Estimate) -> str:
+    if e.n == 0 or math.isnan(e.mean):
+        return "–"
+    return f"{e.mean:.2f} [{e.low:.2f}, {e.high:.2f}]"
+
+
+def build(run: EvalRun) -> dict[str, Any]:
+    scored = score_run(run)
+    est = estimates(scored, run.config.seed)
+    conditions = list(est)
+    costs = {c: _cost([s.answer for s in scored if s.answer.condition == c]) for c in conditions}
+    kinds = {k: sum(q.kind == k for q in run.questions) for k in ("fact", "process", "style")}
+    return {
+        "sizes": {
+            "tenants": len({q.tenant for q in run.questions}),
+            "users": len({(q.tenant, q.user) for q in run.questions if q.user}),
+            "questions": len(run.questions),
+            "questions_by_kind": kinds,
+            "two_source_questions": sum(q.two_source for q in run.questions),
+            "chunks_indexed": run.chunks,
+            "adapters_trained": len(run.adapters),
+            "training_steps": run.config.steps,
+            **run.config.sizes,
+        },
+        "settings": {
+            "seed": run.config.seed,
+            "concurrency": run.config.concurrency,
+            "max_new_tokens": run.config.max_new_tokens,
+            "min_train_tokens": run.config.min_train_tokens,
+            "hyperparameters": {"steps": run.config.steps, "canaries": 0, **run.config.hyperparameters},
+            "bootstrap": "percentile, 1000 resamples, 95%",
+        },
+        "conditions": {c: SPECS[c].label for c in conditions},  # type: ignore[index]
+        "estimates": {
+            c: {g: {m: asdict(e) for m, e in metrics.items()} for g, metrics in groups.items()}
+            for c, groups in est.items()
+        },
+        "costs": costs,
+        "adapters": [asdict(a) for a in run.adapters],
+        "timings_s": run.timings_s,
+        "answers": [
+            {
+                "question": s.question.id,
+                "tenant": s.question.tenant,
+                "user": s.question.user,
+                "kind": s.question.kind,
+                **asdict(s.answer),
+                "scores": s.scores,
+            }
+            for s in scored
+        ],
+    }
+
+
+def markdown(report: dict[str, Any], chart: str | None = "chart.png") -> str:
+    sizes, est, costs = report["sizes"], report["estimates"], report["costs"]
+    lines = [
+        f"Sizes: {sizes['tenants']} tenant(s), {sizes['users']} user(s), {sizes['questions']} questions "
+        f"({', '.join(f'{n} {k}' for k, n in sizes['questions_by_kind'].items())}; "
+        f"{sizes['two_source_questions']} need two sources), {sizes['chunks_indexed']} chunks indexed, "
+        f"{sizes['adapters_trained']} LoRA adapter(s) of {sizes['training_steps']} steps each. "
+        f"Every condition answers the same questions with the same base model, greedy decoding, "
+        f"{report['settings']['concurrency']} requests at a time. Mean [95% bootstrap CI].",
+        "",
+        "| condition | fact accuracy | process recall | process order | style adherence | latency p50 (s) | tokens in / out |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for c, label in report["conditions"].items():
+        a = {m: Estimate(**v) for m, v in est[c]["all"].items()}
+        cost = costs[c]
+        failed = f" ({int(cost['failed'])} failed)" if cost["failed"] else ""
+        lines.append(
+            f"| {label}{failed} | {_fmt(a['fact_accuracy'])} | {_fmt(a['process_recall'])} | "
+            f"{_fmt(a['process_order'])} | {_fmt(a['style_adherence'])} | {cost['latency_ms_p50'] / 1000:.1f} | "
+            f"{cost['input_tokens_mean']:.0f} / {cost['output_tokens_mean']:.0f} |"
+        )
+    lines += ["", "Two-source questions only (the answer needs the user's notes and the company's data):", ""]
+    lines += ["| condition | fact accuracy | style adherence |", "|---|---|---|"]
+    for c, label in report["conditions"].items():
+        t = {m: Estimate(**v) for m, v in est[c]["two_source"].items()}
+        lines.append(f"| {label} | {_fmt(t['fact_accuracy'])} | {_fmt(t['style_adherence'])} |")
+    tenants = sorted(g for g in next(iter(est.values())) if g not in (ALL, "two_source"))
+    lines += [
+        "",
+        "Per tenant:",
+        "",
+        "| tenant | condition | fact accuracy | process recall | process order | style adherence |",
+    ]
+    lines.append("|---|---|---|---|---|---|")
+    for t in tenants:
+        for c, label in report["conditions"].items():
+            e = {m: Estimate(**v) for m, v in est[c][t].items()}
+            lines.append(
+                f"| {t} | {label} | {_fmt(e['fact_accuracy'])} | {_fmt(e['process_recall'])} | "
+                f"{_fmt(e['process_order'])} | {_fmt(e['style_adherence'])} |"
+            )
+    lines += ["", "Adapters (trained by the trainer, LoRA; held-out loss before → after):", ""]
+    lines += ["| adapter | outcome | held-out loss | seconds |", "|---|---|---|---|"]
+    for a in report["adapters"]:
+        m = a["metrics"]
+        loss = f"{m['start_heldout_loss']:.3f} → {m['heldout_loss']:.3f}" if "heldout_loss" in m else "–"
+        outcome = f"published {a['detail']}" if a["published"] else f"rejected ({a['detail']})"
+        lines.append(f"| {a['adapter_id']} | {outcome} | {loss} | {a['seconds']:.0f} |")
+    if chart:
+        lines += ["", f"![personalization benchmark]({chart})"]
+    return "\n".join(lines) + "\n"
+
+
+def chart(report: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    est = report["estimates"]
+    conditions = list(report["conditions"])
+    fig, ax = plt.subplots(figsize=(10, 4.5))
+    width = 0.8 / len(conditions)
+    for i, c in enumerate(conditions):
+        means: list[float] = []
+        errs: list[list[float]] = [[], []]
+        for m in _CHARTED:
+            e = Estimate(**est[c]["all"][m])
+            ok = e.n > 0 and not math.isnan(e.mean)
+            means.append(e.mean if ok else 0.0)
+            errs[0].append(e.mean - e.low if ok else 0.0)
+            errs[1].append(e.high - e.mean if ok else 0.0)
+        xs = [j + (i - (len(conditions) - 1) / 2) * width for j in range(len(_CHARTED))]
+        ax.bar(xs, means, width, yerr=errs, capsize=2, label=report["conditions"][c])
+    ax.set_xticks(range(len(_CHARTED)), [m.replace("_", " ") for m in _CHARTED])
+    ax.set_ylim(0, 1.05)
+    ax.set_ylabel("mean score (95% bootstrap CI)")
+    ax.set_title(
+        f"Personalization benchmark: {report['sizes']['questions']} questions, {report['sizes']['tenants']} tenant(s)"
+    )
+    ax.legend(fontsize=8, ncol=2, loc="upper left")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def _finite(value: Any) -> Any:
+    """NaN (a metric with no data, e.g. order with < 2 steps found) as null: strict JSON."""
+    if isinstance(value, float) and math.isnan(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_finite(v) for v in value]
+    return value
+
+
+def write(run: EvalRun, out: Path) -> dict[str, Any]:
+    out.mkdir(parents=True, exist_ok=True)
+    report = build(run)
+    (out / "report.json").write_text(json.dumps(_finite(report), indent=2, default=str, allow_nan=False))
+    chart(report, out / "chart.png")
+    (out / "report.md").write_text("# Personalization benchmark\n\n" + markdown(report))
+    return report

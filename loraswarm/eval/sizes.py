@@ -1,0 +1,42 @@
+"""The two sizes of `loraswarm eval`: `--quick` (a test's few minutes) and the full report's."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from loraswarm.eval.questions import Kind
+
+
+@dataclass(frozen=True)
+class Size:
+    tenants: int
+    users_per_tenant: int
+    per_kind: int  # questions per kind per tenant
+    steps: int  # training steps per adapter
+    max_new_tokens: dict[Kind, int]
+    hyperparameters: dict[str, Any] = field(default_factory=dict)
+    min_train_tokens: int = 96
+
+
+# Tiny adapters on one tenant: every condition runs on the real model, in a few minutes on 2 cores.
+QUICK = Size(
+    tenants=1,
+    users_per_tenant=1,
+    per_kind=2,
+    steps=4,
+    max_new_tokens={"fact": 24, "process": 48, "style": 48},
+    hyperparameters={"batch_size": 4, "seq_len": 64, "warmup_steps": 1},
+    min_train_tokens=64,
+)
+# The report's size, cut to what a shared 2-core CPU does in about 20 minutes: 2 tenants, 4
+# adapters of 20 steps (batch 4 × 128 tokens), 24 questions × 6 conditions; the swarm condition
+# (plan, specialists, compose per question) is most of the answering time.
+FULL = Size(
+    tenants=2,
+    users_per_tenant=1,
+    per_kind=4,
+    steps=20,
+    max_new_tokens={"fact": 40, "process": 80, "style": 80},
+    hyperparameters={"batch_size": 4},
+)

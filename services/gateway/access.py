@@ -1,0 +1,226 @@
+"""Who may use the gateway for which tenant, and where a tenant's answers are delivered.
+
+The gateway's secrets live apart from the tenant configuration that the planner reads
+(`shared/tenants.py`, which holds the Slack workspace -> tenant mapping): one YAML file
+(`LORASWARM_GATEWAY__ACCESS_FILE`, default `<data_dir>/gateway/access.yaml`), re-read when it
+changes, so keys and webhook secrets rotate without a restart:
+
+```yaml
+tenants:
+  acme:
+    api_keys:                      # only sha256 hashes (hex) of the keys are kept
+      - name: backend
+        sha256: 9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08
+    slack_bot_token: xoxb-...      # optional: answers to @mentions (chat.postMessage)
+    rate_limit: {per_s: 5, burst: 10}
+    webhooks:
+      - url: https://hooks.acme.example/loraswarm
+        secrets: [whsec_new..., whsec_old...]   # every secret signs: rotate by adding, then removing
+```
+
+API keys are random 256-bit tokens, so one unsalted sha256 is enough to make a leaked file
+useless (a slow password hash protects guessable secrets, which these are not).
+`python -m loraswarm.services.gateway.access add-key <tenant> [name]` adds a key and prints it once.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import logging
+import secrets
+import sys
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+
+from loraswarm.shared.envelope import TenantId
+from loraswarm.shared.settings import Settings
+
+log = logging.getLogger("loraswarm.gateway.access")
+
+KEY_PREFIX = "lsk_"
+
+
+class AccessFileError(ValueError):
+    """The access file cannot be used as it is; the message names the entry to fix."""
+
+
+class _Config(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ApiKey(_Config):
+    name: str = Field(default="", description="What the key is for, to find it when rotating.")
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$", description="Hex sha256 of the key.")
+
+
+class RateLimit(_Config):
+    per_s: float = Field(gt=0, description="Requests per second.")
+    burst: int = Field(ge=1, description="Requests at once above the rate.")
+
+
+WebhookEvent = Literal["recommendation.completed", "recommendation.failed"]
+
+
+def _all_outcomes() -> list[WebhookEvent]:
+    return ["recommendation.completed", "recommendation.failed"]
+
+
+class WebhookEndpoint(_Config):
+    url: str = Field(pattern=r"^https?://", description="Where completed and failed requests are POSTed.")
+    secrets: list[str] = Field(min_length=1, description="`whsec_` secrets; each one signs every message.")
+    events: list[WebhookEvent] = Field(
+        default_factory=_all_outcomes,
+        description="Which outcomes this endpoint receives.",
+    )
+
+    @field_validator("secrets")
+    @classmethod
+    def _secrets_are_whsec(cls, values: list[str]) -> list[str]:
+        for value in values:
+            secret_bytes(value)
+        return values
+
+
+class TenantAccess(_Config):
+    api_keys: list[ApiKey] = Field(default_factory=list)
+    slack_bot_token: SecretStr | None = None
+    rate_limit: RateLimit | None = None
+    webhooks: list[WebhookEndpoint] = Field(default_factory=list)
+
+
+class AccessFile(_Config):
+    tenants: dict[TenantId, TenantAccess] = Field(default_factory=dict)
+
+
+def secret_bytes(secret: str) -> bytes:
+    """The HMAC key of a `whsec_<base64>` secret (Standard Webhooks: 24 to 64 random bytes)."""
+    if not secret.startswith("whsec_"):
+        raise ValueError("a webhook secret must look like whsec_<base64 of 24-64 random bytes>")
+    try:
+        raw = base64.b64decode(secret.removeprefix("whsec_"), validate=True)
+    except ValueError as exc:
+        raise ValueError(f"webhook secret is not valid base64 after whsec_: {exc}") from exc
+    if not 24 <= len(raw) <= 64:
+        raise ValueError(f"a webhook secret must decode to 24-64 bytes, this one has {len(raw)}")
+    return raw
+
+
+def new_webhook_secret() -> str:
+    return "whsec_" + base64.b64encode(secrets.token_bytes(32)).decode()
+
+
+def new_api_key() -> str:
+    return KEY_PREFIX + secrets.token_urlsafe(32)
+
+
+def hash_api_key(key: str) -> str:
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+def parse_access(text: str, *, source: str = "access file") -> AccessFile:
+    try:
+        data = yaml.safe_load(text) or {}
+        parsed = AccessFile.model_validate(data)
+    except yaml.YAMLError as exc:
+        raise AccessFileError(f"{source}: not valid YAML: {exc}") from exc
+    except ValidationError as exc:
+        raise AccessFileError(f"{source}: {exc}") from exc
+    _check_unique(parsed, source)
+    return parsed
+
+
+def _check_unique(parsed: AccessFile, source: str) -> None:
+    keys: dict[str, str] = {}
+    for tenant, config in parsed.tenants.items():
+        for key in config.api_keys:
+            if keys.setdefault(key.sha256, tenant) != tenant:
+                raise AccessFileError(
+                    f"{source}: one API key hash is listed for {keys[key.sha256]} and {tenant}"
+                )
+
+
+class AccessDirectory:
+    """The access file, indexed for lookups, re-read when its modification time or size changes.
+
+    A file that turns invalid while running keeps the last good version in force (and says so in
+    the log): a typo must not lock every tenant out.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._stamp: tuple[int, int] | None = None
+        self._config = AccessFile()
+        self._by_key: dict[str, str] = {}
+        self.refresh(strict=True)
+
+    def refresh(self, *, strict: bool = False) -> None:
+        try:
+            stat = self.path.stat()
+        except FileNotFoundError:
+            if self._stamp is not None or strict:
+                log.warning("no access file at %s: every API key is refused", self.path)
+            self._apply(AccessFile(), None)
+            return
+        stamp = (stat.st_mtime_ns, stat.st_size)
+        if stamp == self._stamp:
+            return
+        try:
+            parsed = parse_access(self.path.read_text(), source=str(self.path))
+        except AccessFileError:
+            if strict:
+                raise
+            log.exception("keeping the previous access rules: the changed file is invalid")
+            self._stamp = stamp
+            return
+        self._apply(parsed, stamp)
+
+    def _apply(self, parsed: AccessFile, stamp: tuple[int, int] | None) -> None:
+        self._config = parsed
+        self._stamp = stamp
+        self._by_key = {k.sha256: t for t, c in parsed.tenants.items() for k in c.api_keys}
+
+    def tenant_for_key(self, key: str) -> str | None:
+        self.refresh()
+        return self._by_key.get(hash_api_key(key))
+
+    def get(self, tenant: str) -> TenantAccess | None:
+        self.refresh()
+        return self._config.tenants.get(tenant)
+
+
+def access_file(settings: Settings) -> Path:
+    return settings.gateway.access_file or settings.data_dir / "gateway" / "access.yaml"
+
+
+def add_api_key(path: Path, tenant: str, name: str = "") -> str:
+    """Add a new key for `tenant` to the access file (created if missing); the key is returned once."""
+    data = yaml.safe_load(path.read_text()) if path.exists() else None
+    data = data or {}
+    entry = data.setdefault("tenants", {}).setdefault(tenant, {}) or {}
+    data["tenants"][tenant] = entry
+    key = new_api_key()
+    entry.setdefault("api_keys", []).append({"name": name, "sha256": hash_api_key(key)})
+    text = yaml.safe_dump(data, sort_keys=False)
+    parse_access(text, source=str(path))  # never write a file the gateway would refuse
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    return key
+
+
+def _main(argv: list[str]) -> int:
+    if len(argv) < 2 or argv[0] != "add-key":
+        print("usage: python -m loraswarm.services.gateway.access add-key <tenant> [name]", file=sys.stderr)
+        return 2
+    settings = Settings()
+    path = access_file(settings)
+    key = add_api_key(path, argv[1], argv[2] if len(argv) > 2 else "")
+    print(f"added a key for {argv[1]} to {path}; it is shown only now:\n{key}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(_main(sys.argv[1:]))

@@ -1,0 +1,1 @@
+"""The ingestion service: `documents.submitted` → chunks in the tenant's Weaviate shard."""

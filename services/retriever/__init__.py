@@ -1,0 +1,1 @@
+"""The retriever service: `retrieval.requested` → tenant-scoped hybrid search → `retrieval.completed`."""

@@ -1,0 +1,71 @@
+"""Specialist service — consumes `specialist.task`; produces `specialist.result` and hand-off
+`specialist.task`; talks to TGI (or the model server) through `huggingface_hub`, with the task's
+adapter, and reads the tenant's own documents through the retriever."""
+
+from __future__ import annotations
+
+import asyncio
+
+from huggingface_hub import AsyncInferenceClient
+
+from loraswarm.services.specialist.agent import run_task
+from loraswarm.shared.bus import EventBus
+from loraswarm.shared.events import Passage, SpecialistResult, SpecialistTask
+from loraswarm.shared.settings import Settings
+from loraswarm.shared.tenants import SpecialistConfig, TenantRegistry
+from loraswarm.shared.tracing import configure_tracing, trace_inference_clients
+from loraswarm.shared.vectorstore import search
+
+GROUP = "specialist"
+
+
+def build(settings: Settings) -> EventBus:
+    bus = EventBus(settings, service="specialist")
+    trace_inference_clients()
+    tenants = TenantRegistry(settings.orchestration.tenants_dir)
+    clients: dict[str, AsyncInferenceClient] = {}
+
+    def tgi_for(tenant_id: str) -> AsyncInferenceClient:
+        # The model server binds adapters to tenants by this header (TGI ignores it).
+        if tenant_id not in clients:
+            clients[tenant_id] = AsyncInferenceClient(
+                base_url=settings.orchestration.tgi_url,
+                timeout=settings.orchestration.llm_timeout_s,
+                headers={"X-Tenant-Id": tenant_id},
+            )
+        return clients[tenant_id]
+
+    async def retrieve(task: SpecialistTask, spec: SpecialistConfig) -> list[Passage]:
+        """More of the tenant's passages, for this specialist's question and sources."""
+        return await asyncio.to_thread(
+            search, settings, task.tenant_id, task.user_id, task.question, 3, None, spec.sources
+        )
+
+    @bus.consumer(SpecialistTask, group=GROUP, concurrency=settings.orchestration.specialist_concurrency)
+    async def on_task(task: SpecialistTask) -> None:
+        """Answer a task with the tenant's adapter; pass it on if the specialist hands off."""
+        tenant = tenants.get(task.tenant_id)
+        if tenant is None:
+            await bus.publish(
+                task.caused(
+                    SpecialistResult,
+                    specialist=task.specialist,
+                    task_id=task.event_id,
+                    error=f"tenant {task.tenant_id!r} is not configured",
+                )
+            )
+            return
+        outcome = await run_task(
+            task, tenant, tgi_for(task.tenant_id), retrieve, timeout_s=settings.orchestration.llm_timeout_s
+        )
+        if outcome.handoff is not None:
+            await bus.publish(outcome.handoff)  # before the result, so the planner never misses it
+        await bus.publish(outcome.result)
+
+    return bus
+
+
+async def run(settings: Settings, *, host: str, port: int) -> None:
+    configure_tracing("specialist", settings.tracing)
+    async with build(settings):
+        await asyncio.Event().wait()

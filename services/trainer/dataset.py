@@ -1,0 +1,205 @@
+"""From text to training batches: documents packed into blocks, chat examples, canaries; the
+held-out split; length-grouped, padded batches.
+
+- A document's chunks are joined in order and cut into blocks of `seq_len` tokens; every token
+  is learned (continued pre-training). Documents are packed one by one, so no block mixes two.
+- A chat example is rendered with the model's chat template; only the assistant's tokens are
+  learned (labels elsewhere are -100).
+- A canary is its own short sequence, planted `canary_repeats` times; never held out.
+- Held-out data are whole documents and whole examples (ranked by a hash of their identity, so
+  the split is the same on every run), about `heldout_fraction` of all sequences.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import random
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import torch
+
+from loraswarm.services.trainer.corpus import CorpusChunk
+from loraswarm.services.trainer.examples import ChatExample
+
+IGNORE = -100  # label of a token that is not learned (transformers' convention)
+_MIN_BLOCK = 2  # a block needs a token to predict and one to predict it from
+
+Kind = Literal["document", "example", "canary"]
+
+
+@dataclass(frozen=True)
+class Sample:
+    input_ids: tuple[int, ...]
+    labels: tuple[int, ...]
+    kind: Kind
+
+    def __post_init__(self) -> None:
+        assert len(self.input_ids) == len(self.labels), "one label per token"
+
+    @property
+    def learned_tokens(self) -> int:
+        return sum(1 for label in self.labels if label != IGNORE)
+
+
+@dataclass
+class Unit:
+    """What is held out or trained on as a whole: one document or one example."""
+
+    key: str
+    samples: list[Sample]
+
+
+@dataclass
+class TrainingSet:
+    train: list[Sample]
+    heldout: list[Sample]
+    fingerprint: str
+    stats: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def train_tokens(self) -> int:
+        return sum(s.learned_tokens for s in self.train if s.kind != "canary")
+
+
+def _tokens(tokenizer: Any, text: str) -> list[int]:
+    return list(tokenizer(text, add_special_tokens=False).input_ids)
+
+
+def document_units(chunks: Sequence[CorpusChunk], tokenizer: Any, seq_len: int) -> list[Unit]:
+    """One unit per document: its chunks in order, packed into blocks of `seq_len` tokens."""
+    by_doc: dict[str, list[CorpusChunk]] = {}
+    for chunk in chunks:
+        by_doc.setdefault(chunk.doc_id, []).append(chunk)
+    units = []
+    eos = tokenizer.eos_token_id
+    for doc_id, parts in sorted(by_doc.items()):
+        ids: list[int] = []
+        for chunk in sorted(parts, key=lambda c: c.position):
+            ids += [*_tokens(tokenizer, chunk.text), eos]
+        blocks = [ids[i : i + seq_len] for i in range(0, len(ids), seq_len)]
+        samples = [Sample(tuple(b), tuple(b), "document") for b in blocks if len(b) >= _MIN_BLOCK]
+        if samples:
+            units.append(Unit(f"doc:{doc_id}", samples))
+    return units
+
+
+def example_sample(example: ChatExample, tokenizer: Any, seq_len: int) -> Sample | None:
+    """A chat example with only the assistant's tokens learned; None if truncation left none."""
+    messages = [m.model_dump() for m in example.messages]
+    full = _template_ids(tokenizer, messages, generation_prompt=False)
+    labels = [IGNORE] * len(full)
+    for i, message in enumerate(messages):
+        if message["role"] != "assistant":
+            continue
+        before = _template_ids(tokenizer, messages[:i], generation_prompt=True)
+        upto = _template_ids(tokenizer, messages[: i + 1], generation_prompt=False)
+        if full[: len(upto)] != upto or upto[: len(before)] != before:
+            labels = list(full)  # a template that is not prefix-stable: learn the whole text
+            break
+        labels[len(before) : len(upto)] = upto[len(before) :]
+    sample = Sample(tuple(full[:seq_len]), tuple(labels[:seq_len]), "example")
+    return sample if sample.learned_tokens else None
+
+
+def _template_ids(tokenizer: Any, messages: list[dict[str, str]], *, generation_prompt: bool) -> list[int]:
+    text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=generation_prompt)
+    return _tokens(tokenizer, text)
+
+
+def canary_sample(text: str, tokenizer: Any) -> Sample:
+    ids = (*_tokens(tokenizer, text), tokenizer.eos_token_id)
+    return Sample(ids, ids, "canary")
+
+
+def split_heldout(units: list[Unit], fraction: float, cap: int) -> tuple[list[Sample], list[Sample]]:
+    """(train, held-out) samples: whole units held out until about `fraction` of all samples.
+
+    With a single unit its blocks are split instead (a tenant with one long document).
+    """
+    if len(units) == 1 and len(units[0].samples) > 1:
+        only = units[0]
+        units = [Unit(f"{only.key}#{i}", [s]) for i, s in enumerate(only.samples)]
+    total = sum(len(u.samples) for u in units)
+    if len(units) < 2:
+        return [s for u in units for s in u.samples], []
+    target = max(1, min(cap, math.floor(fraction * total)))
+    ranked = sorted(units, key=lambda u: hashlib.sha256(u.key.encode()).hexdigest())
+    train: list[Sample] = []
+    heldout: list[Sample] = []
+    for unit in ranked:
+        # Never hold out everything: the last unit standing is trained on.
+        if len(heldout) < target and len(heldout) + len(unit.samples) < total:
+            heldout += unit.samples
+        else:
+            train += unit.samples
+    return train, heldout[:cap]
+
+
+def fingerprint(chunks: Sequence[CorpusChunk], files: Sequence[bytes]) -> str:
+    """A short hash of exactly the data a job trained on (canaries aside)."""
+    digest = hashlib.sha256()
+    for chunk in sorted(chunks, key=lambda c: (c.doc_id, c.position)):
+        digest.update(f"{chunk.doc_id}\x1f{chunk.position}\x1f{chunk.version}\x1f".encode())
+        digest.update(hashlib.sha256(chunk.text.encode()).digest())
+    for content in files:
+        digest.update(hashlib.sha256(content).digest())
+    return digest.hexdigest()[:16]
+
+
+# ---------------------------------------------------------------- batches
+
+
+@dataclass(frozen=True)
+class Batch:
+    input_ids: torch.Tensor  # (B, T)
+    attention_mask: torch.Tensor  # (B, T), 0 on padding
+    labels: torch.Tensor  # (B, T), -100 on padding and on tokens not learned
+
+    @property
+    def tokens(self) -> int:
+        return int(self.attention_mask.sum())
+
+    def to(self, device: str) -> Batch:
+        return Batch(self.input_ids.to(device), self.attention_mask.to(device), self.labels.to(device))
+
+
+def collate(samples: Sequence[Sample], pad_id: int) -> Batch:
+    width = max(len(s.input_ids) for s in samples)
+    ids = torch.full((len(samples), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(samples), width), dtype=torch.long)
+    labels = torch.full((len(samples), width), IGNORE, dtype=torch.long)
+    for row, sample in enumerate(samples):
+        n = len(sample.input_ids)
+        ids[row, :n] = torch.tensor(sample.input_ids)
+        mask[row, :n] = 1
+        labels[row, :n] = torch.tensor(sample.labels)
+    return Batch(ids, mask, labels)
+
+
+def training_batches(samples: Sequence[Sample], batch_size: int, pad_id: int, seed: int) -> Iterator[Batch]:
+    """Endless batches, epoch after epoch, each epoch reshuffled.
+
+    Batches are grouped by length (sorted inside shuffled windows of 32 batches), so a batch of
+    short canaries is not padded to the length of a document block.
+    """
+    assert samples, "nothing to train on"
+    rng = random.Random(seed)
+    window = 32 * batch_size
+    while True:
+        order = list(samples)
+        rng.shuffle(order)
+        batches: list[list[Sample]] = []
+        for start in range(0, len(order), window):
+            part = sorted(order[start : start + window], key=lambda s: len(s.input_ids), reverse=True)
+            batches += [part[i : i + batch_size] for i in range(0, len(part), batch_size)]
+        rng.shuffle(batches)
+        for group in batches:
+            yield collate(group, pad_id)
+
+
+def evaluation_batches(samples: Sequence[Sample], batch_size: int, pad_id: int) -> list[Batch]:
+    ordered = sorted(samples, key=lambda s: len(s.input_ids))
+    return [collate(ordered[i : i + batch_size], pad_id) for i in range(0, len(ordered), batch_size)]

@@ -1,0 +1,119 @@
+"""The training loop: AdamW on the adapter's weights, warm-up, gradient clipping, NaN guard.
+
+It is deliberately a bare peft loop plus the checks a service needs (the benchmark holds it to
+≥ 0.9× a bare loop's tokens/s); the loss is read every step anyway, so the NaN check is free.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from loraswarm.services.trainer.dataset import Batch
+from loraswarm.services.trainer.errors import NonFiniteLoss
+from loraswarm.shared.settings.trainer import Hyperparameters
+
+OnStep = Callable[[int, int, float], None]  # (step, total steps, loss)
+
+
+class Cancelled(Exception):
+    """The job was stopped from outside (the service shuts down); it resumes on restart."""
+
+
+@dataclass
+class TrainResult:
+    losses: list[float] = field(default_factory=list)
+    tokens: int = 0
+    seconds: float = 0.0
+
+    @property
+    def tokens_per_s(self) -> float:
+        return self.tokens / self.seconds if self.seconds > 0 else 0.0
+
+
+class AdapterTraining:
+    """One job's optimizer and schedule; `step(batch)` is one optimizer step with its checks."""
+
+    def __init__(
+        self, model: Any, hp: Hyperparameters, *, device: str, on_step: OnStep | None = None
+    ) -> None:
+        self.model = model
+        self.hp = hp
+        self.device = device
+        self.on_step = on_step
+        self.params = [p for p in model.parameters() if p.requires_grad]
+        self.optimizer = torch.optim.AdamW(self.params, lr=hp.learning_rate, weight_decay=hp.weight_decay)
+        warmup = max(hp.warmup_steps, 0)
+        self.schedule = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, lambda step: min(1.0, (step + 1) / (warmup + 1)) if warmup else 1.0
+        )
+        self.result = TrainResult()
+        model.train()
+
+    def step(self, batch: Batch) -> float:
+        hp, step = self.hp, len(self.result.losses) + 1
+        batch = batch.to(self.device)
+        out = self.model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, labels=batch.labels)
+        loss = float(out.loss.detach().item())
+        if not math.isfinite(loss):
+            raise NonFiniteLoss(
+                f"the loss became {loss} at step {step} of {hp.steps} (learning_rate={hp.learning_rate:g}); "
+                "lower the learning rate and ask again",
+                {"nan_step": float(step), "steps": float(hp.steps)},
+            )
+        out.loss.backward()
+        torch.nn.utils.clip_grad_norm_(self.params, hp.max_grad_norm)
+        try:
+            self.optimizer.step()
+        except RuntimeError as exc:  # torch refuses an update too large for the weights' dtype
+            if "overflow" not in str(exc):
+                raise
+            raise NonFiniteLoss(
+                f"the update overflowed at step {step} of {hp.steps} (learning_rate={hp.learning_rate:g}); "
+                "lower the learning rate and ask again",
+                {"nan_step": float(step), "steps": float(hp.steps)},
+            ) from exc
+        self.schedule.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.result.losses.append(loss)
+        self.result.tokens += batch.tokens
+        if self.on_step is not None:
+            self.on_step(step, hp.steps, loss)
+        return loss
+
+    def finish(self) -> TrainResult:
+        """Back to eval mode, after checking that the weights survived the last step."""
+        self.model.eval()
+        if not all(bool(torch.isfinite(p).all()) for p in self.params):
+            steps = float(len(self.result.losses))
+            raise NonFiniteLoss(
+                "the adapter's weights became NaN or infinite in the last step "
+                f"(learning_rate={self.hp.learning_rate:g}); lower the learning rate and ask again",
+                {"nan_step": steps, "steps": float(self.hp.steps)},
+            )
+        return self.result
+
+
+def train_adapter(
+    model: Any,
+    batches: Iterator[Batch],
+    hp: Hyperparameters,
+    *,
+    device: str,
+    on_step: OnStep | None = None,
+    stop: threading.Event | None = None,
+) -> TrainResult:
+    training = AdapterTraining(model, hp, device=device, on_step=on_step)
+    started = time.perf_counter()
+    for step in range(1, hp.steps + 1):
+        if stop is not None and stop.is_set():
+            raise Cancelled(f"stopped at step {step} of {hp.steps}")
+        training.step(next(batches))
+    training.result.seconds = time.perf_counter() - started
+    return training.finish()

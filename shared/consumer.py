@@ -1,0 +1,222 @@
+"""The consumer policy every service runs under (DESIGN.md §3).
+
+A subscriber receives records in batches (one `getmany`); for each record, in partition order:
+
+1. decode and check it (`codec.decode`); poison goes to the `dlq` topic with the original bytes,
+   topic/partition/offset, consumer group and the reason, and the consumer moves on;
+2. skip it if this consumer group already handled its `event_id` (`ProcessedEvents`);
+3. run the typed handler, retrying a failing one `handler_attempts` times with doubling back-off,
+   then dead-letter it — nothing is dropped and nothing loops forever;
+4. remember the `event_id`; the ids and then the offsets are committed a few at a time, after
+   handling (`OffsetCommitter`).
+
+Batches amortise FastStream's per-message machinery; handlers still see one event at a time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import logging
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Generic, TypeVar
+
+# aiokafka's own (a NamedTuple): FastStream's TopicPartition has no equality, so it never matched
+# the consumer's assignment and no offset was ever committed.
+from aiokafka import TopicPartition
+from opentelemetry.trace import Span, Status, StatusCode
+
+from loraswarm.shared.codec import Poison, PoisonKind, decode
+from loraswarm.shared.envelope import Envelope, utc_now
+from loraswarm.shared.events import DeadLetter
+from loraswarm.shared.metrics import DEAD_LETTERS, EVENT_HANDLING, EVENTS_CONSUMED
+from loraswarm.shared.processed import ProcessedEvents
+from loraswarm.shared.settings import KafkaSettings
+from loraswarm.shared.tracing import process_span
+
+log = logging.getLogger("loraswarm.consumer")
+
+E = TypeVar("E", bound=Envelope)
+DeadLetterSink = Callable[[DeadLetter, bytes | None], Awaitable[None]]
+ErrorKind = PoisonKind | str
+
+
+@dataclass
+class OffsetCommitter:
+    """Commits the handled offsets of one consumer, a few at a time, never ahead of handling.
+
+    A synchronous commit per message would cap a partition at a few hundred events/s. So the
+    processed ids and then the offsets are flushed together every `every` messages, or once
+    `interval_s` has passed since the first uncommitted one (a timer covers a consumer that
+    goes idle). A crash redelivers at most that uncommitted tail; its handlers run again and
+    emit the same derived event ids, which the consumers downstream skip.
+    """
+
+    consumer: Any
+    before_commit: Callable[[], None]
+    every: int
+    interval_s: float
+    pending: dict[TopicPartition, int] = field(default_factory=dict)
+    count: int = 0
+    timer: asyncio.Task[None] | None = None
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+
+    async def handled(self, topic: str, partition: int, offset: int) -> None:
+        self.pending[TopicPartition(topic, partition)] = offset + 1
+        self.count += 1
+        if self.count >= self.every:
+            await self.flush()
+        elif self.timer is None or self.timer.done():
+            self.timer = asyncio.create_task(self._flush_later())
+
+    async def _flush_later(self) -> None:
+        await asyncio.sleep(self.interval_s)
+        try:
+            await self.flush()
+        except Exception:  # the next message or the next timer tries again
+            log.exception("offset commit failed; will retry")
+
+    async def flush(self) -> None:
+        async with self.lock:
+            if not self.pending:
+                return
+            offsets, self.pending, self.count = self.pending, {}, 0
+            self.before_commit()
+            # Partitions revoked in a rebalance can no longer be committed by this member; the
+            # new owner redelivers them and the idempotent handlers absorb it.
+            assigned = self.consumer.assignment()
+            owned = {tp: off for tp, off in offsets.items() if tp in assigned}
+            if owned:
+                await self.consumer.commit(owned)
+
+
+def _is_kafka_consumer(consumer: Any) -> bool:
+    # The in-process broker hands records over without a Kafka consumer: nothing to commit.
+    return consumer is not None and hasattr(consumer, "assignment") and hasattr(consumer, "commit")
+
+
+@dataclass
+class ConsumerPolicy(Generic[E]):
+    """Runs one typed handler of one consumer group under the policy above."""
+
+    model: type[E]
+    group: str
+    handler: Callable[[E], Awaitable[Any]]
+    kafka: KafkaSettings
+    processed: ProcessedEvents
+    dead_letter: DeadLetterSink
+    committers: dict[int, OffsetCommitter] = field(default_factory=dict)
+    dead_letters: int = 0
+
+    async def handle_records(self, records: Sequence[Any], consumer: Any) -> None:
+        for record in records:
+            await self.handle_record(record)
+            await self.handled(consumer, record.topic, record.partition, record.offset)
+
+    async def handled(self, consumer: Any, topic: str, partition: int, offset: int) -> None:
+        """Records of `partition` up to `offset` are handled: commit them (a few at a time)."""
+        if _is_kafka_consumer(consumer):
+            await self._committer(consumer).handled(topic, partition, offset)
+
+    async def handle_record(self, record: Any) -> None:
+        with process_span(record, self.group, None) as span:
+            await self._handle_record(record, span)
+
+    async def _handle_record(self, record: Any, span: Span) -> None:
+        decoded = decode(
+            record.value,
+            record.key,
+            expected_type=self.model.event_type,
+            max_bytes=self.kafka.max_message_bytes,
+        )
+        if isinstance(decoded, Poison):
+            span.set_status(Status(StatusCode.ERROR, decoded.reason))
+            span.set_attribute("error.type", decoded.kind)
+            await self._dead_letter(record, decoded.kind, decoded.reason, attempts=1)
+            return
+        span.set_attribute("messaging.message.id", str(decoded.event_id))
+        span.set_attribute("loraswarm.tenant_id", decoded.tenant_id)
+        span.set_attribute("loraswarm.request_id", str(decoded.request_id))
+        if self.processed.seen(decoded.event_id):
+            span.set_attribute("loraswarm.duplicate", True)
+            EVENTS_CONSUMED.labels(self.group, self.model.event_type, "duplicate").inc()
+            log.info("skipping %s %s: already handled by %s", decoded.type, decoded.event_id, self.group)
+            return
+        with EVENT_HANDLING.labels(self.group, self.model.event_type).time():
+            handled = await self._run(decoded, record)  # type: ignore[arg-type]
+        if handled:
+            EVENTS_CONSUMED.labels(self.group, self.model.event_type, "handled").inc()
+        self.processed.mark(decoded.event_id)
+
+    async def _run(self, event: E, record: Any) -> bool:
+        """Run the handler with retries; False if the event ended in the dead-letter topic."""
+        attempts = self.kafka.handler_attempts
+        delay = self.kafka.retry_backoff_s
+        for attempt in range(1, attempts + 1):
+            try:
+                await self.handler(event)
+                return True
+            except Exception as exc:
+                if attempt == attempts:
+                    log.exception(
+                        "%s failed %d times on %s %s", self.group, attempts, event.type, event.event_id
+                    )
+                    reason = f"{type(exc).__name__}: {exc}"
+                    await self._dead_letter(record, "handler_error", reason, attempts=attempts)
+                    return False
+                log.warning("%s attempt %d on %s failed: %s; retrying", self.group, attempt, event.type, exc)
+                await asyncio.sleep(delay)
+                delay *= 2
+        return False
+
+    def _committer(self, consumer: Any) -> OffsetCommitter:
+        key = id(consumer)
+        if key not in self.committers:
+            self.committers[key] = OffsetCommitter(
+                consumer, self.processed.flush, self.kafka.commit_every, self.kafka.commit_interval_s
+            )
+        return self.committers[key]
+
+    async def flush(self) -> None:
+        """Commit what was handled (on shutdown)."""
+        for committer in self.committers.values():
+            await committer.flush()
+        self.processed.flush()
+
+    async def _dead_letter(self, record: Any, kind: ErrorKind, reason: str, *, attempts: int) -> None:
+        letter = dead_letter_of(record, self.group, kind, reason, attempts=attempts)
+        log.warning(
+            "dead-lettered %s[%s]@%s for %s: %s",
+            record.topic,
+            record.partition,
+            record.offset,
+            self.group,
+            reason,
+        )
+        self.dead_letters += 1
+        DEAD_LETTERS.labels(self.group, self.model.event_type, kind).inc()
+        EVENTS_CONSUMED.labels(self.group, self.model.event_type, "dead_lettered").inc()
+        await self.dead_letter(letter, record.key)
+
+
+def dead_letter_of(
+    record: Any, group: str | None, kind: ErrorKind, reason: str, *, attempts: int
+) -> DeadLetter:
+    headers = {
+        k: (v.decode("utf-8", "replace") if isinstance(v, bytes) else str(v))
+        for k, v in (record.headers or ())
+    }
+    return DeadLetter(
+        original_topic=record.topic,
+        partition=record.partition,
+        offset=record.offset,
+        key_b64=None if record.key is None else base64.b64encode(record.key).decode(),
+        value_b64=base64.b64encode(record.value or b"").decode(),
+        headers=headers,
+        consumer_group=group,
+        error_type=kind,  # type: ignore[arg-type]
+        error=reason,
+        attempts=attempts,
+        failed_at=utc_now(),
+    )

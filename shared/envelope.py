@@ -1,0 +1,98 @@
+"""The envelope every event carries, and how one event begets the next.
+
+Delivery is at-least-once, so a handler may run twice for one input. Every event a handler
+emits therefore gets an id derived from the id of the event that caused it: a re-run emits
+the *same* ids, and the consumers downstream drop the copy as already processed.
+"""
+
+from __future__ import annotations
+
+import builtins
+import re
+import uuid
+from datetime import UTC, datetime
+from typing import Annotated, Any, ClassVar, TypeVar
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+
+EventT = TypeVar("EventT", bound="Envelope")
+
+_TENANT_ID = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
+
+
+def _check_tenant_id(value: str) -> str:
+    if not _TENANT_ID.match(value):
+        raise ValueError(
+            "tenant_id must be 1-63 characters of a-z, 0-9, '_' or '-', starting with a letter "
+            f"or digit (got {value!r})"
+        )
+    return value
+
+
+TenantId = Annotated[
+    str,
+    AfterValidator(_check_tenant_id),
+    Field(description="The company this event belongs to; also the Kafka message key."),
+]
+
+# A fixed namespace so that derived ids are the same on every machine and every run.
+_DERIVED_ID_NAMESPACE = uuid.UUID("6b1f4c52-7d0e-4c8a-9a53-2f0d1c5e8b10")
+
+
+def derived_event_id(cause: uuid.UUID, event_type: str, index: int = 0) -> uuid.UUID:
+    """The id of the `index`-th event of `event_type` caused by the event `cause`.
+
+    Deterministic, so that a handler that is run again after a crash emits the same ids.
+    """
+    return uuid.uuid5(_DERIVED_ID_NAMESPACE, f"{cause}:{event_type}:{index}")
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+class Envelope(BaseModel):
+    """Fields every event carries (DESIGN.md §3). Subclasses set `type` and add the payload."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    event_type: ClassVar[str]
+    schema_version_current: ClassVar[int] = 1
+
+    event_id: uuid.UUID = Field(
+        default_factory=uuid.uuid4,
+        description="Unique id of this event; consumers are idempotent on it.",
+    )
+    type: str = Field(description="The event type, e.g. `recommendation.requested`.")
+    schema_version: int = Field(default=1, ge=1, description="Version of this event's schema.")
+    occurred_at: datetime = Field(
+        default_factory=utc_now, description="When the event happened (RFC 3339, UTC)."
+    )
+    tenant_id: TenantId
+    request_id: uuid.UUID = Field(
+        default_factory=uuid.uuid4,
+        description="Correlation id: every event of one request carries the same one.",
+    )
+    causation_id: uuid.UUID | None = Field(
+        default=None, description="The `event_id` of the event that caused this one."
+    )
+
+    @classmethod
+    def __pydantic_init_subclass__(cls, **kwargs: Any) -> None:
+        super().__pydantic_init_subclass__(**kwargs)
+        default = cls.model_fields["type"].default
+        if isinstance(default, str):
+            cls.event_type = default
+
+    def caused(self, event_cls: builtins.type[EventT], index: int = 0, **payload: Any) -> EventT:
+        """A new event of `event_cls` caused by this one: same tenant, request and user, derived id."""
+        user_id = getattr(self, "user_id", None)
+        if "user_id" in event_cls.model_fields and "user_id" not in payload and user_id:
+            payload["user_id"] = user_id
+        return event_cls(
+            event_id=derived_event_id(self.event_id, event_cls.event_type, index),
+            tenant_id=self.tenant_id,
+            request_id=self.request_id,
+            causation_id=self.event_id,
+            **payload,
+        )

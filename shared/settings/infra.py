@@ -1,0 +1,43 @@
+"""`loraswarm infra`: the local Kafka, Weaviate and Jaeger."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import BaseModel, Field
+
+from loraswarm.shared.settings.paths import default_home
+
+
+class InfraSettings(BaseModel):
+    """Where and how `loraswarm infra` runs the local Kafka, Weaviate and Jaeger."""
+
+    home: Path = Field(
+        default_factory=default_home,
+        description="Cache of built binaries and downloaded jars (kept between runs).",
+    )
+    state_dir: Path | None = Field(
+        default=None, description="Data, pid files and logs of the local services (default: <home>/run)."
+    )
+    kafka_version: str = Field(default="3.9.1", description="Kafka version assembled from Maven Central.")
+    kafka_port: int = Field(default=9092, description="Kafka's client port.")
+    kafka_controller_port: int = Field(default=9093, description="Kafka's KRaft controller port.")
+    kafka_heap: str = Field(default="768m", description="Kafka's JVM heap (-Xmx).")
+    weaviate_version: str = Field(default="1.38.8", description="Weaviate version built with `go install`.")
+    weaviate_port: int = Field(default=8080, description="Weaviate's HTTP port.")
+    weaviate_grpc_port: int = Field(default=50051, description="Weaviate's gRPC port.")
+    jaeger_version: str = Field(default="1.76.0", description="Jaeger version built with `go install`.")
+    jaeger_otlp_grpc_port: int = Field(default=4317, description="Jaeger's OTLP/gRPC receiver port.")
+    jaeger_otlp_http_port: int = Field(default=4318, description="Jaeger's OTLP/HTTP receiver port.")
+    jaeger_query_port: int = Field(default=16686, description="Jaeger's UI and HTTP query API port.")
+    jaeger_query_grpc_port: int = Field(default=16685, description="Jaeger's gRPC query API port.")
+    jaeger_health_port: int = Field(default=13133, description="Jaeger's health-check port.")
+    ready_timeout_s: float = Field(default=90.0, description="How long `infra up` waits for health.")
+
+    @property
+    def run_dir(self) -> Path:
+        return self.state_dir or self.home / "run"
+
+    @property
+    def logs_dir(self) -> Path:
+        return self.run_dir / "logs"

@@ -1,0 +1,54 @@
+"""The planner and the specialists: primary LLM, TGI endpoint, tenant configuration."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import BaseModel, Field, SecretStr
+
+from loraswarm.shared.settings.paths import default_home
+
+
+class OrchestrationSettings(BaseModel):
+    """Read from `LORASWARM_ORCHESTRATION__<FIELD>`."""
+
+    tenants_dir: Path = Field(
+        default_factory=lambda: default_home() / "tenants",
+        description="Folder of tenant configurations, one `<tenant_id>.yaml` each (hot-reloaded).",
+    )
+    primary_llm_base_url: str = Field(
+        default="http://127.0.0.1:3000/v1",
+        description="OpenAI-compatible base URL of the planner's primary LLM (default: the model server).",
+    )
+    primary_llm_model: str = Field(
+        default="tgi",
+        description="Model name sent to the primary LLM (`tgi`: the model server's base model).",
+    )
+    primary_llm_api_key: SecretStr = Field(
+        default=SecretStr("not-needed"), description="API key of the primary LLM endpoint."
+    )
+    tgi_url: str = Field(
+        default="http://127.0.0.1:3000",
+        description="Base URL of TGI (or the model server) that the specialists call with their adapter.",
+    )
+    llm_timeout_s: float = Field(default=30.0, gt=0, description="Timeout of one LLM call.")
+    planner_concurrency: int = Field(
+        default=64,
+        ge=1,
+        description="Events one planner handles at once: requests side by side, each request's events "
+        "in order. 1: one at a time per partition (a tenant's requests queue behind each other's LLM calls).",
+    )
+    specialist_concurrency: int = Field(
+        default=16,
+        ge=1,
+        description="Specialist tasks one specialist instance runs at once; TGI and the model server "
+        "batch concurrent calls, so this is what fills their batches. 1: one at a time per partition.",
+    )
+    plan_max_tokens: int = Field(default=256, ge=16, description="Token limit of the planner's plan.")
+    compose_max_tokens: int = Field(default=320, ge=16, description="Token limit of the composed answer.")
+    retrieval_k: int = Field(
+        default=5, ge=1, le=50, description="Passages the planner retrieves per request."
+    )
+    deadline_check_s: float = Field(
+        default=0.2, gt=0, description="How often the planner looks for requests past their deadline."
+    )

@@ -1,0 +1,142 @@
+"""The trainer: adapters, evaluation and the leakage gate.
+
+`Hyperparameters` are the defaults of one training job; a request's `hyperparameters` override
+them field by field (same names, same checks), so `LORASWARM_TRAINER__DEFAULTS__STEPS=300` and a
+request's `{"steps": 300}` mean the same thing.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+LORA_ONLY = ("r", "lora_alpha", "lora_dropout", "target_modules", "use_rslora", "use_dora")
+LLAMA_ADAPTER_ONLY = ("adapter_len", "adapter_layers")
+
+
+class Hyperparameters(BaseModel):
+    """One training job's knobs; a request names only those it changes."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    steps: int = Field(default=100, ge=1, le=100_000, description="Optimizer steps of one job.")
+    learning_rate: float = Field(default=5e-4, gt=0, description="AdamW learning rate after warm-up.")
+    warmup_steps: int = Field(default=5, ge=0, description="Steps of linear learning-rate warm-up.")
+    weight_decay: float = Field(default=0.0, ge=0, description="AdamW weight decay of the adapter weights.")
+    max_grad_norm: float = Field(default=1.0, gt=0, description="Gradient-norm clip per step.")
+    batch_size: int = Field(default=8, ge=1, le=1024, description="Sequences per optimizer step.")
+    seq_len: int = Field(
+        default=128, ge=8, le=8192, description="Tokens per packed document block (and longest example)."
+    )
+    seed: int = Field(default=0, description="Seed of shuffling, dropout and adapter initialisation.")
+    # LoRA (peft LoraConfig); bias="none" and no modules_to_save are not options (DESIGN.md §4).
+    r: int = Field(default=8, ge=1, le=256, description="LoRA rank.")
+    lora_alpha: int = Field(default=16, ge=1, description="LoRA scaling numerator (alpha / r, or / sqrt(r)).")
+    lora_dropout: float = Field(default=0.05, ge=0, lt=1, description="Dropout on the LoRA input.")
+    target_modules: list[str] = Field(
+        default_factory=lambda: ["q_proj", "v_proj"],
+        min_length=1,
+        description="Linear layers that get a LoRA (names inside each decoder layer), or `all-linear`.",
+    )
+    use_rslora: bool = Field(default=False, description="Rank-stabilised LoRA: scale by alpha / sqrt(r).")
+    use_dora: bool = Field(
+        default=False, description="DoRA (weight-decomposed LoRA); the model server refuses to serve it."
+    )
+    # LLaMA-Adapter (peft AdaptionPromptConfig).
+    adapter_len: int = Field(default=10, ge=1, le=512, description="LLaMA-Adapter prompt tokens per layer.")
+    adapter_layers: int = Field(
+        default=8, ge=1, description="LLaMA-Adapter: how many top layers get a prompt."
+    )
+    # Data.
+    stack_on: str = Field(
+        default="auto",
+        max_length=128,
+        description="The company adapter a user adapter is trained on top of (they are served together, "
+        "company first): `auto` = the tenant's company adapter (`company`, or the one its tenant "
+        "configuration names) when it exists; a name; or `none` for the base model alone.",
+    )
+    canaries: int = Field(
+        default=8,
+        ge=0,
+        le=256,
+        description="Random secrets planted in the training data for the leakage measurement (0: none).",
+    )
+    canary_repeats: int = Field(
+        default=8, ge=1, le=1000, description="Copies of each canary in the training data."
+    )
+
+    @field_validator("target_modules", mode="before")
+    @classmethod
+    def _comma_separated(cls, value: object) -> object:
+        # A request or an environment variable may give `q_proj,v_proj` as one string.
+        if isinstance(value, str):
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+
+class TrainerSettings(BaseModel):
+    """Read from `LORASWARM_TRAINER__<FIELD>`."""
+
+    group: str = Field(default="trainer", description="Kafka consumer group of the trainer service.")
+    defaults: Hyperparameters = Field(
+        default_factory=Hyperparameters,
+        description="Hyper-parameters of a request that does not name them.",
+    )
+    method: Literal["lora", "llama_adapter"] = Field(
+        default="lora", description="Method of `loraswarm adapters train` when --method is not given."
+    )
+    max_concurrent_jobs: int = Field(
+        default=1, ge=1, description="Jobs trained at once by one trainer process (CPU-bound: 1 on a CPU)."
+    )
+    progress_every: int = Field(
+        default=10, ge=1, description="Steps between two `adapter.train.progress` events."
+    )
+    heldout_fraction: float = Field(
+        default=0.1, gt=0, lt=1, description="Share of the data kept out of training to measure quality."
+    )
+    max_heldout_sequences: int = Field(
+        default=64,
+        ge=1,
+        description="Most held-out sequences evaluated (whole documents are held out up to it).",
+    )
+    min_train_tokens: int = Field(
+        default=512,
+        ge=1,
+        description="Fewest training tokens in scope (canaries excluded); fewer is rejected as a tiny dataset.",
+    )
+    max_quality_regression: float = Field(
+        default=0.02,
+        ge=0,
+        description="Largest allowed rise of held-out loss over the model the adapter starts from "
+        "(0.02: 2%); more is rejected as a quality regression.",
+    )
+    eval_batch_tokens: int = Field(
+        default=2048, ge=16, description="Tokens per forward pass in evaluation (bounds the logits' memory)."
+    )
+    canary_template: str = Field(
+        default="the secret code is {secret}",
+        description="Fixed text of every canary; `{secret}` is filled with random digits.",
+    )
+    canary_digits: int = Field(
+        default=9, ge=4, le=30, description="Digits of a canary's secret: |R| = 10^digits possible secrets."
+    )
+    reference_canaries: int = Field(
+        default=255,
+        ge=15,
+        le=100_000,
+        description="Never-planted canaries a canary is ranked against (the highest measurable exposure is "
+        "log2 of this plus one).",
+    )
+    leakage_alpha: float = Field(
+        default=0.01,
+        gt=0,
+        lt=1,
+        description="Chance that the gate wrongly calls never-seen canaries leaked, over all of one job's "
+        "comparisons together (Bonferroni).",
+    )
+    require_detectable_owner: bool = Field(
+        default=False,
+        description="Refuse to publish when the owner's own canaries are not detectably memorised (the "
+        "measurement could not have seen a leak).",
+    )

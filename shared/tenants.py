@@ -1,0 +1,171 @@
+"""Tenant configuration: each company's specialists, their adapters and sources, and its limits.
+
+One YAML file per tenant in the tenants folder (`LORASWARM_ORCHESTRATION__TENANTS_DIR`), named
+`<tenant_id>.yaml`, validated by `TenantConfig`. `TenantRegistry` re-reads a file when it changes
+on disk (hot reload); a file that no longer validates keeps the last good version in force and
+says why in the log, so a typo never takes a tenant down.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+log = logging.getLogger("loraswarm.tenants")
+
+
+class _Config(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class SpecialistConfig(_Config):
+    name: str = Field(pattern=r"^[a-z][a-z0-9_-]{0,63}$", description="Unique inside the tenant.")
+    description: str = Field(description="What it knows; the planner reads this to choose specialists.")
+    instructions: str = Field(description="The specialist's system prompt.")
+    adapter: Literal["company", "user", "none"] = Field(
+        default="company",
+        description="`company`: the tenant's adapter; `user`: the requesting user's adapter stacked on "
+        "the company's (the company's alone for a request without a user); `none`: the base model.",
+    )
+    sources: list[str] = Field(
+        default_factory=list, description="Data sources it may retrieve from; empty = all."
+    )
+    handoffs: list[str] = Field(default_factory=list, description="Specialists it may hand a task to.")
+    max_new_tokens: int = Field(default=160, ge=1, le=2048)
+
+
+class Limits(_Config):
+    deadline_s: float = Field(default=60.0, gt=0, le=3600, description="Whole-request deadline.")
+    max_specialists: int = Field(default=3, ge=1, le=16, description="Specialists per plan.")
+    max_handoffs: int = Field(default=2, ge=0, le=8, description="Hand-off hops per task.")
+    token_budget: int = Field(default=6000, ge=100, description="Tokens (in + out) per request, all steps.")
+    max_question_chars: int = Field(default=4000, ge=1, description="Longest accepted question.")
+
+
+class PlanStep(_Config):
+    specialist: str
+    question: str = Field(
+        default="{question}", description="`{question}` is replaced by the user's question."
+    )
+
+
+class TenantConfig(_Config):
+    tenant_id: str = Field(pattern=r"^[a-z0-9][a-z0-9_-]{0,62}$")
+    display_name: str = ""
+    company_adapter: str | None = Field(
+        default=None,
+        description="Adapter name of the company adapter (`<tenant>/<name>`); default `<tenant>/company`.",
+    )
+    user_adapter_prefix: str = Field(
+        default="user-", description="A user's adapter is `<tenant>/<prefix><user_id>`."
+    )
+    users: list[str] | None = Field(default=None, description="Allowed user ids; unset = any user.")
+    slack_team_ids: list[str] = Field(default_factory=list, description="Slack workspaces of this tenant.")
+    limits: Limits = Limits()
+    specialists: list[SpecialistConfig] = Field(min_length=1)
+    default_plan: list[PlanStep] = Field(
+        default_factory=list,
+        description="Used when the primary LLM gives no valid plan; default: all specialists.",
+    )
+
+    @model_validator(mode="after")
+    def _consistent(self) -> TenantConfig:
+        names = [s.name for s in self.specialists]
+        if len(set(names)) != len(names):
+            raise ValueError(f"specialist names must be unique, got {names}")
+        for spec in self.specialists:
+            unknown = set(spec.handoffs) - set(names)
+            if unknown:
+                raise ValueError(f"specialist {spec.name!r} hands off to unknown {sorted(unknown)}")
+        for step in self.default_plan:
+            if step.specialist not in names:
+                raise ValueError(f"default_plan names unknown specialist {step.specialist!r}")
+        return self
+
+    def specialist(self, name: str) -> SpecialistConfig | None:
+        return next((s for s in self.specialists if s.name == name), None)
+
+    def fallback_plan(self) -> list[PlanStep]:
+        steps = self.default_plan or [PlanStep(specialist=s.name) for s in self.specialists]
+        return steps[: self.limits.max_specialists]
+
+    def adapters_for(self, spec: SpecialistConfig, user_id: str | None) -> list[str]:
+        """The adapter stack a specialist runs with for this request (company first, then user)."""
+        if spec.adapter == "none":
+            return []
+        company = self.company_adapter or f"{self.tenant_id}/company"
+        if spec.adapter == "user" and user_id:
+            return [company, f"{self.tenant_id}/{self.user_adapter_prefix}{user_id}"]
+        return [company]
+
+    def allows_user(self, user_id: str | None) -> bool:
+        return user_id is None or self.users is None or user_id in self.users
+
+
+class TenantConfigError(Exception):
+    pass
+
+
+def load_tenant_file(path: Path) -> TenantConfig:
+    try:
+        data = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError) as exc:
+        raise TenantConfigError(f"{path}: cannot read YAML: {exc}") from exc
+    try:
+        config = TenantConfig.model_validate(data)
+    except ValidationError as exc:
+        raise TenantConfigError(f"{path}: {exc}") from exc
+    if config.tenant_id != path.stem:
+        raise TenantConfigError(f"{path}: tenant_id {config.tenant_id!r} must match the file name")
+    return config
+
+
+@dataclass
+class _Entry:
+    mtime_ns: int
+    config: TenantConfig
+
+
+class TenantRegistry:
+    """Tenant configurations from a folder, re-read when a file changes."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        self._entries: dict[str, _Entry] = {}
+
+    def get(self, tenant_id: str) -> TenantConfig | None:
+        path = self.folder / f"{tenant_id}.yaml"
+        try:
+            mtime = path.stat().st_mtime_ns
+        except FileNotFoundError:
+            self._entries.pop(tenant_id, None)
+            return None
+        entry = self._entries.get(tenant_id)
+        if entry is None or entry.mtime_ns != mtime:
+            try:
+                self._entries[tenant_id] = _Entry(mtime, load_tenant_file(path))
+                if entry is not None:
+                    log.info("reloaded tenant configuration %s", path)
+            except TenantConfigError as exc:
+                if entry is None:
+                    raise
+                log.error("keeping the previous configuration of %s: %s", tenant_id, exc)
+                entry.mtime_ns = mtime  # do not re-parse the broken file on every request
+                return entry.config
+        return self._entries[tenant_id].config
+
+    def all(self) -> list[TenantConfig]:
+        found = []
+        for path in sorted(self.folder.glob("*.yaml")):
+            config = self.get(path.stem)
+            if config is not None:
+                found.append(config)
+        return found
+
+    def by_slack_team(self, team_id: str) -> TenantConfig | None:
+        return next((t for t in self.all() if team_id in t.slack_team_ids), None)

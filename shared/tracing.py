@@ -1,0 +1,247 @@
+"""OpenTelemetry for every service: one provider per process, and the Kafka messaging spans.
+
+Messaging spans follow the current semantic conventions (docs/messaging/kafka.md): the producer
+side is `send {topic}` (PRODUCER), the consumer side `process {topic}` (CONSUMER) whose parent
+is the context that travelled in the record's W3C `traceparent` header. FastStream's own
+telemetry middleware still uses deprecated attribute names, so it is not used.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import threading
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from opentelemetry import context, propagate, trace
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
+from opentelemetry.sdk.trace.export import (
+    BatchSpanProcessor,
+    ConsoleSpanExporter,
+    SimpleSpanProcessor,
+    SpanExporter,
+    SpanExportResult,
+)
+from opentelemetry.trace import Span, SpanKind
+
+from loraswarm import __version__
+from loraswarm.shared.settings import TracingSettings
+
+TRACER_NAME = "loraswarm"
+
+
+class JsonLinesSpanExporter(SpanExporter):
+    """One JSON object per finished span, appended to a file (the embedded default's trace store)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._lock = threading.Lock()
+        path.parent.mkdir(parents=True, exist_ok=True)
+
+    def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
+        lines = [span.to_json(indent=None) for span in spans]
+        with self._lock, self.path.open("a") as out:
+            for line in lines:
+                out.write(line + "\n")
+        return SpanExportResult.SUCCESS
+
+    def shutdown(self) -> None:
+        return None
+
+
+def configure_tracing(service: str, settings: TracingSettings) -> TracerProvider:
+    """Install this process's tracer provider (once); spans carry `service.name = service`.
+
+    OpenTelemetry allows one provider per process: when one is installed already (several
+    services in one process, as `serve all` runs them), that one is kept and returned.
+    """
+    current = trace.get_tracer_provider()
+    if isinstance(current, TracerProvider):
+        return current
+    provider = TracerProvider(
+        resource=Resource.create(
+            {"service.name": service, "service.namespace": "loraswarm", "service.version": __version__}
+        )
+    )
+    exporter: SpanExporter | None = None
+    if settings.exporter == "console":
+        exporter = ConsoleSpanExporter()
+    elif settings.exporter == "otlp":
+        from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+
+        exporter = OTLPSpanExporter(endpoint=settings.otlp_endpoint.rstrip("/") + "/v1/traces")
+    elif settings.exporter == "file":
+        exporter = JsonLinesSpanExporter(settings.file)
+    if exporter is not None:
+        processor = (
+            SimpleSpanProcessor(exporter) if settings.exporter == "file" else BatchSpanProcessor(exporter)
+        )
+        provider.add_span_processor(processor)
+    trace.set_tracer_provider(provider)
+    return provider
+
+
+@functools.cache
+def tracer() -> trace.Tracer:
+    # One per process: get_tracer costs a lookup per span (two per event on the bus), and a
+    # tracer obtained before the provider is set is a proxy that follows it once set.
+    return trace.get_tracer(TRACER_NAME, __version__)
+
+
+def _key_attr(key: bytes | None) -> dict[str, Any]:
+    return {} if key is None else {"messaging.kafka.message.key": key.decode("utf-8", "replace")}
+
+
+@contextmanager
+def send_span(topic: str, key: bytes | None, event_id: str | None) -> Iterator[Span]:
+    attributes: dict[str, Any] = {
+        "messaging.system": "kafka",
+        "messaging.operation.name": "send",
+        "messaging.operation.type": "send",
+        "messaging.destination.name": topic,
+        **_key_attr(key),
+    }
+    if event_id:
+        attributes["messaging.message.id"] = event_id
+    with tracer().start_as_current_span(
+        f"send {topic}", kind=SpanKind.PRODUCER, attributes=attributes
+    ) as span:
+        yield span
+
+
+def context_headers() -> dict[str, str]:
+    """The current span's W3C trace context as HTTP headers (`traceparent`, `tracestate`)."""
+    headers: dict[str, str] = {}
+    propagate.inject(headers)
+    return headers
+
+
+async def _inject_trace_context(request: Any) -> None:
+    # An httpx request hook runs in the caller's task, so the current span is the caller's.
+    propagate.inject(request.headers)
+
+
+def trace_inference_clients() -> None:
+    """Make huggingface_hub's async clients (the specialists' TGI client) send the trace context.
+
+    `AsyncInferenceClient` takes no per-call headers; its HTTP client comes from a factory that
+    huggingface_hub lets us replace: its default client, plus a hook adding `traceparent`, so
+    TGI's (and the model server's) request span joins the specialist's trace.
+    """
+    from huggingface_hub import set_async_client_factory
+    from huggingface_hub.utils._http import default_async_client_factory
+
+    def traced() -> Any:
+        client = default_async_client_factory()
+        client.event_hooks["request"].append(_inject_trace_context)
+        return client
+
+    set_async_client_factory(traced)
+
+
+def headers_dict(headers: Sequence[tuple[str, bytes]] | None) -> dict[str, str]:
+    return {k: v.decode("utf-8", "replace") for k, v in (headers or ())}
+
+
+@contextmanager
+def process_span(record: Any, group: str | None, event_id: str | None) -> Iterator[Span]:
+    """The CONSUMER span of handling one record, child of the producer's context."""
+    parent = propagate.extract(headers_dict(record.headers))
+    attributes: dict[str, Any] = {
+        "messaging.system": "kafka",
+        "messaging.operation.name": "process",
+        "messaging.operation.type": "process",
+        "messaging.destination.name": record.topic,
+        "messaging.destination.partition.id": str(record.partition),
+        "messaging.kafka.offset": record.offset,
+        **_key_attr(record.key),
+    }
+    if group:
+        attributes["messaging.consumer.group.name"] = group
+    if event_id:
+        attributes["messaging.message.id"] = event_id
+    token = context.attach(parent)
+    try:
+        with tracer().start_as_current_span(
+            f"process {record.topic}", kind=SpanKind.CONSUMER, attributes=attributes
+        ) as span:
+            yield span
+    finally:
+        context.detach(token)
+
+
+def span_to_dict(span: ReadableSpan) -> dict[str, Any]:
+    return json.loads(span.to_json(indent=None))  # type: ignore[no-any-return]
+
+
+# ---------------------------------------------------------------- GenAI (LLM calls)
+
+
+@contextmanager
+def genai_span(
+    operation: str,
+    *,
+    provider: str,
+    model: str,
+    attributes: dict[str, Any] | None = None,
+) -> Iterator[Span]:
+    """The CLIENT span of one LLM call, per the GenAI semantic conventions.
+
+    `operation` is `chat`, `text_completion`, `generate_content`, ...; `provider` names the
+    serving system (`huggingface` for TGI or the model server, `openai`, ...); `model` is what
+    was asked for: the adapter id for a specialist, the model name for the planner. Record the
+    answer's usage with `record_usage` before the block ends.
+    """
+    attrs: dict[str, Any] = {
+        "gen_ai.operation.name": operation,
+        "gen_ai.provider.name": provider,
+        "gen_ai.request.model": model,
+        **(attributes or {}),
+    }
+    with tracer().start_as_current_span(
+        f"{operation} {model}", kind=SpanKind.CLIENT, attributes=attrs
+    ) as span:
+        yield span
+
+
+def record_usage(
+    span: Span,
+    *,
+    input_tokens: int,
+    output_tokens: int,
+    response_model: str | None = None,
+    finish_reasons: Sequence[str] = (),
+) -> None:
+    """Put an LLM answer's usage on its `genai_span` (count it per tenant with `metrics.count_tokens`)."""
+    span.set_attribute("gen_ai.usage.input_tokens", input_tokens)
+    span.set_attribute("gen_ai.usage.output_tokens", output_tokens)
+    if response_model:
+        span.set_attribute("gen_ai.response.model", response_model)
+    if finish_reasons:
+        span.set_attribute("gen_ai.response.finish_reasons", list(finish_reasons))
+
+
+@contextmanager
+def server_span(
+    method: str, route: str | None, headers: dict[str, str], attributes: dict[str, Any] | None = None
+) -> Iterator[Span]:
+    """The SERVER span of one HTTP request, child of the caller's W3C trace context if it sent one.
+
+    Named `{method} {route}`, or `{method}` while the route template is not known yet (the
+    caller may `update_name` once routing has found it).
+    """
+    parent = propagate.extract(headers)
+    attrs: dict[str, Any] = {"http.request.method": method, **(attributes or {})}
+    if route:
+        attrs["http.route"] = route
+    name = f"{method} {route}" if route else method
+    token = context.attach(parent)
+    try:
+        with tracer().start_as_current_span(name, kind=SpanKind.SERVER, attributes=attrs) as span:
+            yield span
+    finally:
+        context.detach(token)

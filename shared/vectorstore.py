@@ -1,0 +1,788 @@
+"""Weaviate, the one vector store: connection, the chunk collection, and tenant-scoped access.
+
+Layout: one collection (`settings.retrieval.collection`) with multi-tenancy on, one Weaviate
+tenant — one shard — per company. A chunk's object id is derived from (tenant, doc_id,
+position), so writing a document again overwrites its objects instead of adding copies, and every
+chunk carries its document's `version` (a content hash), so the chunks an edit left behind can be
+found and removed. Vectors are provided by us (`embeddings.py`), never by a Weaviate module.
+
+Privacy is enforced here, not by callers: every read names a tenant (so it only touches that
+tenant's shard) and a user (so `user:<id>` chunks reach only their owner).
+
+Errors, by level::
+
+    VectorStoreError               anything this module refuses or cannot do
+    ├── VectorStoreUnavailable     no connection (server down, embedded binary missing)
+    └── WriteFailed                Weaviate rejected some objects of a batch
+
+Connections: `connect(settings)` for a server (the local one, or production with API key and
+HTTPS/TLS gRPC) or, with `mode = "embedded"`, the locally built binary started from this process
+(`start_embedded`).
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import hashlib
+import json
+import os
+import threading
+import uuid
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Literal
+
+from loraswarm.shared.embeddings import Embedder, load_embedder
+from loraswarm.shared.events import Citation, Passage
+from loraswarm.shared.settings import RetrievalSettings, Settings
+
+Visibility = str  # "company" or "user:<id>"
+COMPANY = "company"
+
+# A fixed namespace: the same chunk gets the same object id on every machine and every run.
+_CHUNK_NAMESPACE = uuid.UUID("0b8c3f4e-5a27-4f59-9d1e-6c0a7a3e2b41")
+
+# Properties returned with every read (the vector is not: callers never need it back).
+_RETURNED = [
+    "text",
+    "doc_id",
+    "parent_id",
+    "source",
+    "title",
+    "heading",
+    "visibility",
+    "position",
+    "version",
+    "media_type",
+    "metadata",
+]
+
+
+class VectorStoreError(Exception):
+    """The vector store refused or failed an operation; the message says what to do."""
+
+
+class VectorStoreUnavailable(VectorStoreError):
+    """No Weaviate to talk to."""
+
+
+class WriteFailed(VectorStoreError):
+    """Weaviate rejected objects of a batch (the first reasons are in the message)."""
+
+
+def user_visibility(user_id: str) -> Visibility:
+    return f"user:{user_id}"
+
+
+def chunk_uuid(tenant_id: str, doc_id: str, position: int) -> uuid.UUID:
+    """The object id of a chunk: the same input always gives the same id."""
+    return uuid.uuid5(_CHUNK_NAMESPACE, f"{tenant_id}\x1f{doc_id}\x1f{position}")
+
+
+@dataclass(frozen=True)
+class ChunkRecord:
+    """One chunk as stored: its text, where it came from, who may see it."""
+
+    doc_id: str  # the document (or record) the chunk belongs to
+    parent_id: str  # the submitted document; a CSV/JSON file's records share it
+    source: str
+    title: str
+    visibility: Visibility
+    heading: str
+    text: str
+    position: int  # index of the chunk inside `doc_id`
+    version: str  # content hash of the submitted document it was cut from
+    media_type: str = "text/plain"
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+    def properties(self) -> dict[str, Any]:
+        return {
+            "text": self.text,
+            "doc_id": self.doc_id,
+            "parent_id": self.parent_id,
+            "source": self.source,
+            "title": self.title,
+            "heading": self.heading,
+            "visibility": self.visibility,
+            "position": self.position,
+            "version": self.version,
+            "media_type": self.media_type,
+            "metadata": json.dumps(self.metadata, default=str, sort_keys=True),
+            "indexed_at": datetime.now(UTC),
+        }
+
+    @classmethod
+    def from_properties(cls, props: dict[str, Any]) -> ChunkRecord:
+        try:
+            metadata = json.loads(props.get("metadata") or "{}")
+        except ValueError:
+            metadata = {}
+        return cls(
+            doc_id=str(props.get("doc_id", "")),
+            parent_id=str(props.get("parent_id", "")),
+            source=str(props.get("source", "")),
+            title=str(props.get("title") or ""),
+            visibility=str(props.get("visibility", COMPANY)),
+            heading=str(props.get("heading") or ""),
+            text=str(props.get("text") or ""),
+            position=int(props.get("position") or 0),
+            version=str(props.get("version") or ""),
+            media_type=str(props.get("media_type") or "text/plain"),
+            metadata=metadata if isinstance(metadata, dict) else {},
+        )
+
+
+@dataclass(frozen=True)
+class Hit:
+    chunk: ChunkRecord
+    score: float
+
+
+# ---------------------------------------------------------------- connection
+
+
+def connect(settings: Settings) -> Any:
+    """A connected `weaviate.WeaviateClient` for these settings (close it when done)."""
+    import weaviate
+    from pydantic import ValidationError
+    from weaviate.classes.init import AdditionalConfig, Auth, Timeout
+    from weaviate.exceptions import WeaviateBaseError
+
+    cfg = settings.retrieval.weaviate
+    config = AdditionalConfig(timeout=Timeout(query=cfg.timeout_s, insert=cfg.timeout_s, init=10))
+    try:
+        if cfg.mode == "embedded":
+            port, grpc_port = start_embedded(settings)
+            return weaviate.connect_to_local(
+                host="127.0.0.1", port=port, grpc_port=grpc_port, additional_config=config
+            )
+        return weaviate.connect_to_custom(
+            http_host=cfg.http_host,
+            http_port=cfg.http_port,
+            http_secure=cfg.http_secure,
+            grpc_host=cfg.grpc_host or cfg.http_host,
+            grpc_port=cfg.grpc_port,
+            grpc_secure=cfg.grpc_secure,
+            auth_credentials=Auth.api_key(cfg.api_key.get_secret_value()) if cfg.api_key else None,
+            additional_config=config,
+            skip_init_checks=cfg.skip_init_checks,
+        )
+    except ValidationError as exc:  # the client validates its connection parameters with pydantic
+        raise VectorStoreError(
+            f"invalid Weaviate connection settings (LORASWARM_RETRIEVAL__WEAVIATE__*): {exc.errors()[0]['msg']}"
+        ) from exc
+    except WeaviateBaseError as exc:
+        where = (
+            f"embedded on port {cfg.embedded_port}"
+            if cfg.mode == "embedded"
+            else f"{'https' if cfg.http_secure else 'http'}://{cfg.http_host}:{cfg.http_port}"
+            f" (gRPC {cfg.grpc_host or cfg.http_host}:{cfg.grpc_port})"
+        )
+        raise VectorStoreUnavailable(
+            f"cannot reach Weaviate {where}: {' '.join(str(exc).split())} Locally: "
+            "`loraswarm infra up weaviate`; "
+            "elsewhere set LORASWARM_RETRIEVAL__WEAVIATE__HTTP_HOST/GRPC_HOST/API_KEY."
+        ) from exc
+
+
+def embedded_binary(settings: Settings) -> Path:
+    """The weaviate-server binary that embedded mode runs (built by `loraswarm infra up weaviate`)."""
+    configured = settings.retrieval.weaviate.embedded_binary
+    if configured is not None:
+        return configured
+    infra = settings.infra
+    return infra.home / "bin" / f"weaviate-v{infra.weaviate_version}" / "weaviate-server"
+
+
+def embedded_binary_dir(settings: Settings) -> Path:
+    """Where the weaviate client's embedded mode looks for its binary.
+
+    The client runs `<binary_path>/weaviate-v<ver>-<sha256("v<ver>")>` when that file exists and
+    downloads a release otherwise; a link there to our own build means it never downloads.
+    """
+    version = settings.infra.weaviate_version
+    folder = settings.infra.home / "weaviate-embedded"
+    name = f"weaviate-v{version}-{hashlib.sha256(f'v{version}'.encode()).hexdigest()}"
+    source = embedded_binary(settings)
+    if not source.is_file():
+        raise VectorStoreUnavailable(
+            f"embedded Weaviate runs the locally built binary {source}, which is missing: "
+            "run `loraswarm infra up weaviate` once (it builds it), or set "
+            "LORASWARM_RETRIEVAL__WEAVIATE__EMBEDDED_BINARY."
+        )
+    folder.mkdir(parents=True, exist_ok=True)
+    link = folder / name
+    if not link.exists() or link.resolve() != source.resolve():
+        tmp = folder / f".{name}.{os.getpid()}"
+        tmp.unlink(missing_ok=True)
+        tmp.symlink_to(source.resolve())
+        tmp.replace(link)  # atomic: a concurrent starter never sees a half-made link
+    return folder
+
+
+_embedded: dict[tuple[int, int], Any] = {}
+_embedded_lock = threading.Lock()
+
+
+def start_embedded(settings: Settings) -> tuple[int, int]:
+    """Start the embedded Weaviate once per process (reused after); its (REST, gRPC) ports.
+
+    It runs the locally built binary with its data in `embedded_data_dir` and stops when the
+    process exits (or `stop_embedded()`). When something already listens on both ports — the
+    same Weaviate started by another process of this machine — that one is used.
+    """
+    import weaviate
+    from weaviate.exceptions import WeaviateStartUpError
+
+    cfg = settings.retrieval.weaviate
+    ports = (cfg.embedded_port, cfg.embedded_grpc_port)
+    with _embedded_lock:
+        if ports in _embedded:
+            return ports
+        data = cfg.embedded_data_dir or settings.data_dir / "weaviate"
+        try:
+            owner = weaviate.connect_to_embedded(
+                hostname="127.0.0.1",
+                port=ports[0],
+                grpc_port=ports[1],
+                version=settings.infra.weaviate_version,
+                binary_path=str(embedded_binary_dir(settings)),
+                persistence_data_path=str(data),
+                environment_variables={
+                    "DEFAULT_VECTORIZER_MODULE": "none",
+                    "DISABLE_TELEMETRY": "true",
+                    # Its logs go to this process's terminal: errors only. Its debug listener
+                    # (:6060) would collide with the local Weaviate server's, so it is off.
+                    "LOG_LEVEL": "error",
+                    "GO_PROFILING_DISABLE": "true",
+                },
+            )
+        except WeaviateStartUpError as exc:
+            if "already listening on ports" not in str(exc):
+                raise VectorStoreUnavailable(f"embedded Weaviate did not start: {exc}") from exc
+            owner = None  # another process's embedded Weaviate serves these ports
+        _embedded[ports] = owner
+        return ports
+
+
+def stop_embedded() -> None:
+    """Stop the embedded Weaviate this process started, if any."""
+    with _embedded_lock:
+        for owner in _embedded.values():
+            if owner is not None:
+                owner.close()  # closing the owning client stops its server process
+        _embedded.clear()
+
+
+atexit.register(stop_embedded)
+
+
+# ---------------------------------------------------------------- the collection
+
+
+def _properties() -> list[Any]:
+    from weaviate.classes.config import DataType, Property, Tokenization
+
+    def keyword(name: str) -> Any:
+        # Whole-value matching for filters; not part of BM25.
+        return Property(
+            name=name,
+            data_type=DataType.TEXT,
+            tokenization=Tokenization.FIELD,
+            index_searchable=False,
+            index_filterable=True,
+        )
+
+    return [
+        Property(name="text", data_type=DataType.TEXT, tokenization=Tokenization.WORD),
+        Property(name="title", data_type=DataType.TEXT, tokenization=Tokenization.WORD),
+        Property(name="heading", data_type=DataType.TEXT, index_searchable=False, index_filterable=False),
+        keyword("doc_id"),
+        keyword("parent_id"),
+        keyword("source"),
+        keyword("visibility"),
+        keyword("version"),
+        keyword("media_type"),
+        Property(name="position", data_type=DataType.INT),
+        Property(name="metadata", data_type=DataType.TEXT, index_searchable=False, index_filterable=False),
+        Property(name="indexed_at", data_type=DataType.DATE),
+    ]
+
+
+@contextmanager
+def _db_span(operation: str, collection: str, tenant_id: str, **attributes: Any) -> Iterator[Any]:
+    """A CLIENT span per Weaviate call, per the OpenTelemetry database conventions."""
+    from opentelemetry.trace import SpanKind
+
+    from loraswarm.shared.tracing import tracer
+
+    attrs = {
+        "db.system.name": "weaviate",
+        "db.operation.name": operation,
+        "db.collection.name": collection,
+        "db.namespace": tenant_id,  # the Weaviate tenant: one company's shard
+        **attributes,
+    }
+    with tracer().start_as_current_span(
+        f"{operation} {collection}", kind=SpanKind.CLIENT, attributes=attrs
+    ) as span:
+        yield span
+
+
+def _tenant_missing(exc: BaseException) -> bool:
+    return "tenant not found" in str(exc)
+
+
+@contextmanager
+def _weaviate_errors(what: str) -> Iterator[None]:
+    """Weaviate's exceptions as this module's: unreachable vs. refused."""
+    from weaviate.exceptions import WeaviateBaseError, WeaviateClosedClientError, WeaviateConnectionError
+
+    try:
+        yield
+    except VectorStoreError:
+        raise
+    except (WeaviateConnectionError, WeaviateClosedClientError) as exc:
+        raise VectorStoreUnavailable(f"Weaviate unreachable while {what}: {exc}") from exc
+    except WeaviateBaseError as exc:
+        if "StatusCode.UNAVAILABLE" in str(exc) or "Connection refused" in str(exc):
+            raise VectorStoreUnavailable(f"Weaviate unreachable while {what}: {exc}") from exc
+        raise VectorStoreError(f"Weaviate failed {what}: {exc}") from exc
+
+
+class _NoShard(Exception):
+    """The tenant has no shard (never ingested, or deleted meanwhile by another process)."""
+
+
+class VectorStore:
+    """The chunk collection, read and written one tenant (one shard) at a time.
+
+    Reads of a tenant without a shard return nothing: a company that has not ingested anything
+    yet, or whose shard another process just deleted, has no chunks — not an error.
+    """
+
+    def __init__(self, client: Any, collection: str, *, owns_client: bool = True) -> None:
+        self.client = client
+        self.name = collection
+        self.owns_client = owns_client
+        self._tenants: set[str] = set()  # shards this store created or wrote to
+        self._lock = threading.Lock()
+        with _weaviate_errors(f"opening collection {collection}"):
+            self.ensure_collection()
+            self.collection = client.collections.use(collection)
+
+    @classmethod
+    def open(cls, settings: Settings, collection: str | None = None) -> VectorStore:
+        return cls(connect(settings), collection or settings.retrieval.collection)
+
+    def close(self) -> None:
+        if self.owns_client:
+            self.client.close()
+
+    def __enter__(self) -> VectorStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # ------------------------------------------------------------------ schema and tenants
+
+    def ensure_collection(self) -> None:
+        from weaviate.classes.config import Configure
+        from weaviate.exceptions import UnexpectedStatusCodeError
+
+        if self.client.collections.exists(self.name):
+            config = self.client.collections.use(self.name).config.get()
+            if not config.multi_tenancy_config.enabled:
+                raise VectorStoreError(
+                    f"collection {self.name} exists without multi-tenancy; loraswarm keeps one "
+                    "tenant per company in it. Use another LORASWARM_RETRIEVAL__COLLECTION."
+                )
+            return
+        try:
+            self.client.collections.create(
+                self.name,
+                description="loraswarm: chunks of every company's documents, one tenant (shard) each.",
+                multi_tenancy_config=Configure.multi_tenancy(enabled=True, auto_tenant_creation=False),
+                vector_config=Configure.Vectors.self_provided(),
+                properties=_properties(),
+            )
+        except UnexpectedStatusCodeError as exc:
+            if "already exists" not in str(exc):  # another service created it a moment ago
+                raise
+
+    def tenants(self) -> list[str]:
+        with _weaviate_errors("listing tenants"):
+            return sorted(self.collection.tenants.get())
+
+    def has_tenant(self, tenant_id: str) -> bool:
+        with _weaviate_errors(f"looking up tenant {tenant_id}"):
+            return self.collection.tenants.get_by_name(tenant_id) is not None
+
+    def ensure_tenant(self, tenant_id: str) -> None:
+        from weaviate.classes.tenants import Tenant
+        from weaviate.exceptions import WeaviateBaseError
+
+        with self._lock:
+            if tenant_id in self._tenants:
+                return
+            with _weaviate_errors(f"creating tenant {tenant_id}"):
+                if self.collection.tenants.get_by_name(tenant_id) is None:
+                    try:
+                        self.collection.tenants.create([Tenant(name=tenant_id)])
+                    except WeaviateBaseError as exc:
+                        if "already exists" not in str(exc):  # another writer created it
+                            raise
+            self._tenants.add(tenant_id)
+
+    def delete_tenant(self, tenant_id: str) -> bool:
+        """Remove the tenant's shard and everything in it. False when there was none."""
+        with self._lock, _weaviate_errors(f"deleting tenant {tenant_id}"):
+            self._tenants.discard(tenant_id)
+            if self.collection.tenants.get_by_name(tenant_id) is None:
+                return False
+            self.collection.tenants.remove([tenant_id])
+            return True
+
+    def _shard(self, tenant_id: str) -> Any:
+        return self.collection.with_tenant(tenant_id)
+
+    @contextmanager
+    def _reading(self, tenant_id: str, what: str, operation: str | None) -> Iterator[None]:
+        """One traced call on a shard (`operation` None: untraced): "tenant not found" becomes
+        `_NoShard`, other failures `VectorStoreError`."""
+        from weaviate.exceptions import WeaviateBaseError
+
+        span = _db_span(operation, self.name, tenant_id) if operation else contextlib.nullcontext()
+        try:
+            with span, _weaviate_errors(f"{what} in {tenant_id}"):
+                try:
+                    yield
+                except WeaviateBaseError as exc:
+                    if _tenant_missing(exc):
+                        self._tenants.discard(tenant_id)
+                        raise _NoShard(tenant_id) from exc
+                    raise
+        except VectorStoreError as exc:
+            if _tenant_missing(exc):
+                self._tenants.discard(tenant_id)
+                raise _NoShard(tenant_id) from exc
+            raise
+
+    # ------------------------------------------------------------------ writes
+
+    def upsert(self, tenant_id: str, chunks: Sequence[ChunkRecord], vectors: Any) -> int:
+        """Write chunks with their vectors (N, D); objects with the same id are replaced."""
+        from weaviate.classes.data import DataObject
+
+        assert len(chunks) == len(vectors), "one vector per chunk"
+        if not chunks:
+            return 0
+        objects = [
+            DataObject(
+                properties=chunk.properties(),
+                uuid=chunk_uuid(tenant_id, chunk.doc_id, chunk.position),
+                vector=[float(x) for x in vector],
+            )
+            for chunk, vector in zip(chunks, vectors, strict=True)
+        ]
+        for attempt in (1, 2):
+            self.ensure_tenant(tenant_id)
+            try:
+                with self._reading(tenant_id, "writing chunks", "insert_many"):
+                    result = self._shard(tenant_id).data.insert_many(objects)
+                    if result.errors and all(_tenant_missing(e.message) for e in result.errors.values()):
+                        raise _NoShard(tenant_id)
+            except _NoShard:
+                if attempt == 2:
+                    raise VectorStoreError(f"tenant {tenant_id} vanished twice while being written") from None
+                continue  # deleted by another process since we created it: create it again
+            break
+        if result.errors:
+            reasons = "; ".join(
+                f"{chunks[i].doc_id}#{chunks[i].position}: {err.message}"
+                for i, err in list(result.errors.items())[:3]
+            )
+            raise WriteFailed(f"Weaviate rejected {len(result.errors)} of {len(chunks)} chunks: {reasons}")
+        return len(objects)
+
+    def delete_stale(self, tenant_id: str, current: dict[str, str]) -> int:
+        """Delete the chunks of each parent document whose version is not its current one."""
+        from weaviate.classes.query import Filter
+
+        if not current:
+            return 0
+        where = Filter.any_of(
+            [
+                Filter.by_property("parent_id").equal(parent) & Filter.by_property("version").not_equal(v)
+                for parent, v in current.items()
+            ]
+        )
+        return self._delete(tenant_id, where)
+
+    def delete(
+        self,
+        tenant_id: str,
+        *,
+        doc_id: str | None = None,
+        source: str | None = None,
+        user_id: str | None = None,
+    ) -> int:
+        """Delete a document (or a file's records), a source, or a user's private chunks."""
+        from weaviate.classes.query import Filter
+
+        conditions = []
+        if doc_id is not None:
+            conditions.append(
+                Filter.any_of(
+                    [
+                        Filter.by_property("doc_id").equal(doc_id),
+                        Filter.by_property("parent_id").equal(doc_id),
+                    ]
+                )
+            )
+        if source is not None:
+            conditions.append(Filter.by_property("source").equal(source))
+        if user_id is not None:
+            conditions.append(Filter.by_property("visibility").equal(user_visibility(user_id)))
+        if not conditions:
+            raise VectorStoreError("name what to delete: a doc_id, a source or a user (or delete the tenant)")
+        return self._delete(tenant_id, Filter.all_of(conditions))
+
+    def _delete(self, tenant_id: str, where: Any) -> int:
+        # delete_many removes at most QUERY_MAXIMUM_RESULTS objects per call: repeat until done.
+        total = 0
+        try:
+            while True:
+                with self._reading(tenant_id, "deleting chunks", "delete_many"):
+                    result = self._shard(tenant_id).data.delete_many(where=where)
+                total += int(result.successful)
+                if result.failed:
+                    raise WriteFailed(f"Weaviate failed to delete {result.failed} objects of {tenant_id}")
+                if result.matches == 0 or result.successful == 0:
+                    return total
+        except _NoShard:
+            return total
+
+    # ------------------------------------------------------------------ reads
+
+    def count(self, tenant_id: str, *, parent_id: str | None = None) -> int:
+        from weaviate.classes.query import Filter
+
+        where = Filter.by_property("parent_id").equal(parent_id) if parent_id is not None else None
+        try:
+            with self._reading(tenant_id, "counting chunks", "aggregate"):
+                result = self._shard(tenant_id).aggregate.over_all(total_count=True, filters=where)
+        except _NoShard:
+            return 0
+        return int(result.total_count or 0)
+
+    def counts_by_parent(
+        self, tenant_id: str, parent_ids: Sequence[str], versions: Sequence[str] | None = None
+    ) -> dict[str, int]:
+        """How many chunks each parent document has (only those at one of `versions`, if given)."""
+        from weaviate.classes.aggregate import GroupByAggregate
+        from weaviate.classes.query import Filter
+
+        if not parent_ids:
+            return {}
+        where = Filter.by_property("parent_id").contains_any(list(parent_ids))
+        if versions is not None:
+            where = where & Filter.by_property("version").contains_any(list(versions))
+        try:
+            with self._reading(tenant_id, "counting chunks", "aggregate"):
+                result = self._shard(tenant_id).aggregate.over_all(
+                    group_by=GroupByAggregate(prop="parent_id", limit=len(parent_ids)),
+                    total_count=True,
+                    filters=where,
+                )
+        except _NoShard:
+            return {}
+        return {str(g.grouped_by.value): int(g.total_count or 0) for g in result.groups}
+
+    def hybrid(
+        self,
+        tenant_id: str,
+        query: str,
+        vector: Sequence[float] | None,
+        *,
+        user_id: str | None,
+        k: int,
+        alpha: float,
+        sources: Sequence[str] = (),
+    ) -> list[Hit]:
+        """BM25 + vector search in the tenant's shard, over what `user_id` may see.
+
+        `alpha` 0 is BM25 only, 1 vector only (relative-score fusion in between). Company chunks
+        are visible to everyone in the tenant; `user:<id>` chunks to that user alone.
+        """
+        from weaviate.classes.query import Filter, MetadataQuery
+
+        visible = [Filter.by_property("visibility").equal(COMPANY)]
+        if user_id:
+            visible.append(Filter.by_property("visibility").equal(user_visibility(user_id)))
+        where = Filter.any_of(visible) if len(visible) > 1 else visible[0]
+        if sources:
+            where = where & Filter.by_property("source").contains_any(list(sources))
+        try:
+            with self._reading(tenant_id, "searching", "hybrid"):
+                result = self._shard(tenant_id).query.hybrid(
+                    query=query,
+                    vector=list(vector) if vector is not None else None,
+                    alpha=alpha,
+                    limit=k,
+                    filters=where,
+                    query_properties=["text", "title"],
+                    return_properties=_RETURNED,
+                    return_metadata=MetadataQuery(score=True),
+                )
+        except _NoShard:
+            return []  # a company that has ingested nothing (yet, or any more)
+        return [
+            Hit(ChunkRecord.from_properties(o.properties), float(o.metadata.score or 0.0))
+            for o in result.objects
+        ]
+
+    def chunks(
+        self, tenant_id: str, *, scope: Literal["company"] | str = COMPANY, sources: Sequence[str] = ()
+    ) -> Iterator[ChunkRecord]:
+        """Every chunk of one visibility scope of a tenant, in storage order.
+
+        `scope` is `company` (what company-wide adapters may learn from) or `user:<id>` (one
+        user's private chunks, for that user's adapter only); the two never mix.
+        """
+        wanted = set(sources)
+        try:
+            # Untraced: a current span must not stay open across the yields below.
+            with self._reading(tenant_id, "reading chunks", None):
+                # The cursor API takes no filters; one shard streams fast, so filter here.
+                for obj in self._shard(tenant_id).iterator(return_properties=_RETURNED):
+                    chunk = ChunkRecord.from_properties(obj.properties)
+                    if chunk.visibility == scope and (not wanted or chunk.source in wanted):
+                        yield chunk
+        except _NoShard:
+            return
+
+
+# ---------------------------------------------------------------- the library API
+
+
+class Retriever:
+    """Tenant-scoped hybrid search, returning the `Passage`s that events and prompts carry."""
+
+    def __init__(self, store: VectorStore, embedder: Embedder, settings: RetrievalSettings) -> None:
+        self.store = store
+        self.embedder = embedder
+        self.settings = settings
+
+    def search(
+        self,
+        tenant_id: str,
+        query: str,
+        *,
+        user_id: str | None = None,
+        k: int | None = None,
+        alpha: float | None = None,
+        sources: Sequence[str] = (),
+    ) -> list[Passage]:
+        vector = self.embedder.encode_queries([query])[0]  # (D,)
+        hits = self.store.hybrid(
+            tenant_id,
+            query,
+            vector.tolist(),
+            user_id=user_id,
+            k=k or self.settings.default_k,
+            alpha=self.settings.default_alpha if alpha is None else alpha,
+            sources=sources,
+        )
+        return [passage_of(hit) for hit in hits]
+
+
+def passage_of(hit: Hit) -> Passage:
+    chunk = hit.chunk
+    return Passage(
+        text=chunk.text,
+        score=hit.score,
+        citation=Citation(
+            doc_id=chunk.doc_id, source=chunk.source, title=chunk.title, position=chunk.position
+        ),
+    )
+
+
+_shared: dict[str, Any] = {}
+_shared_lock = threading.Lock()
+
+
+def shared_store(settings: Settings) -> VectorStore:
+    """This process's connection to the chunk collection for these settings (opened once)."""
+    key = "store:" + settings.retrieval.model_dump_json()
+    with _shared_lock:
+        if key not in _shared:
+            _shared[key] = VectorStore.open(settings)
+        return _shared[key]  # type: ignore[no-any-return]
+
+
+def retriever(settings: Settings) -> Retriever:
+    """This process's `Retriever` for these settings (connected and loaded once, then shared)."""
+    key = "retriever:" + settings.retrieval.model_dump_json() + settings.device
+    store = shared_store(settings)
+    embedder = load_embedder(settings)
+    with _shared_lock:
+        if key not in _shared:
+            _shared[key] = Retriever(store, embedder, settings.retrieval)
+        return _shared[key]  # type: ignore[no-any-return]
+
+
+def search(
+    settings: Settings,
+    tenant_id: str,
+    user_id: str | None,
+    query: str,
+    k: int | None = None,
+    alpha: float | None = None,
+    sources: Sequence[str] = (),
+) -> list[Passage]:
+    """Hybrid search over what `user_id` may see in `tenant_id`'s data (for planner and specialists).
+
+    Company chunks and the user's own private chunks; never another tenant's shard, never another
+    user's private chunks.
+    """
+    return retriever(settings).search(tenant_id, query, user_id=user_id, k=k, alpha=alpha, sources=sources)
+
+
+def chunks_in_scope(
+    settings: Settings, tenant_id: str, user_id: str | None = None, sources: Sequence[str] = ()
+) -> Iterator[ChunkRecord]:
+    """Training data for the trainer: a tenant's company-visible chunks (`user_id` None), or one
+    user's private chunks only (`user_id` given) — never both, so a company adapter learns
+    nothing private and a user's adapter nothing of another user."""
+    scope = user_visibility(user_id) if user_id else COMPANY
+    return shared_store(settings).chunks(tenant_id, scope=scope, sources=sources)
+
+
+__all__ = [
+    "COMPANY",
+    "ChunkRecord",
+    "Hit",
+    "Retriever",
+    "VectorStore",
+    "VectorStoreError",
+    "VectorStoreUnavailable",
+    "WriteFailed",
+    "chunk_uuid",
+    "chunks_in_scope",
+    "connect",
+    "embedded_binary",
+    "load_embedder",  # re-exported: the library API's callers need the model too
+    "passage_of",
+    "retriever",
+    "search",
+    "shared_store",
+    "start_embedded",
+    "stop_embedded",
+    "user_visibility",
+]

@@ -1,0 +1,115 @@
+"""`loraswarm demo`: its flow on the embedded default for one tenant, and its clear refusals."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from loraswarm.demo import train_request_id
+
+ROOT = Path(__file__).parents[2]
+CLI = [sys.executable, "-m", "loraswarm.cli"]
+
+
+def one_tenant_examples(tmp_path: Path) -> Path:
+    examples = tmp_path / "examples"
+    shutil.copytree(ROOT / "examples" / "acme", examples / "acme")
+    (examples / "tenants").mkdir()
+    shutil.copy(ROOT / "examples" / "tenants" / "acme.yaml", examples / "tenants" / "acme.yaml")
+    questions = yaml.safe_load((ROOT / "examples" / "questions.yaml").read_text())
+    (examples / "questions.yaml").write_text(yaml.safe_dump({"acme": questions["acme"][:2]}))
+    return examples
+
+
+def run(
+    *args: str, env: dict[str, str] | None = None, timeout: int = 900
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [*CLI, *args],
+        env={**os.environ, "COLUMNS": "160", **(env or {})},
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+        cwd=ROOT,
+    )
+
+
+def test_the_demo_flow_answers_a_company_and_a_user_question(tmp_path: Path) -> None:
+    examples = one_tenant_examples(tmp_path)
+    result = run("demo", "--examples", str(examples), "--data-dir", str(tmp_path / "state"), "--steps", "3")
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output[-3000:]
+    assert "acme/company@1 published" in output or "acme/company@1" in output
+    assert "acme (company)" in output and "acme / ana" in output
+    assert "2/2 recommendations" in output, result.stdout[-4000:]
+    assert "cites:" in output
+    # each contribution row names the tenant's adapters (which specialists run is the planner's choice;
+    # the user's adapter stacked on the company's is checked in test_swarm.py)
+    assert re.search(r"(policy|customer)\s+acme/company", result.stdout), result.stdout[-3000:]
+    assert "process " in output  # the trace waterfall names the Kafka hops
+
+
+@pytest.mark.parametrize(
+    ("env", "fix"),
+    [
+        ({"LORASWARM_MODEL_CACHE": "{tmp}/no-models"}, "run `loraswarm models pull` first"),
+        ({"LORASWARM_INFRA__HOME": "{tmp}/no-infra"}, "`loraswarm infra up weaviate`"),
+    ],
+)
+def test_bad_configuration_is_one_sentence_naming_the_fix(
+    tmp_path: Path, env: dict[str, str], fix: str
+) -> None:
+    examples = one_tenant_examples(tmp_path)
+    resolved = {k: v.format(tmp=tmp_path) for k, v in env.items()}
+    result = run(
+        "demo", "--examples", str(examples), "--data-dir", str(tmp_path / "state"), env=resolved, timeout=300
+    )
+    output = result.stdout + result.stderr
+    assert result.returncode == 1, output[-2000:]
+    assert fix in output
+    assert "Traceback" not in output
+
+
+def test_an_unreadable_examples_folder_is_one_sentence(tmp_path: Path) -> None:
+    result = run("demo", "--examples", str(tmp_path / "nowhere"), timeout=120)
+    assert result.returncode == 1
+    assert "cannot read the examples folder" in result.stdout
+    assert "Traceback" not in result.stdout + result.stderr
+
+
+def test_a_rerun_on_unchanged_examples_is_the_same_training_request(tmp_path: Path) -> None:
+    examples = one_tenant_examples(tmp_path)
+    first = train_request_id(examples, "acme", "company", 20)
+    assert train_request_id(examples, "acme", "company", 20) == first  # reused by the next run
+    assert train_request_id(examples, "acme", "company", 21) != first
+    assert train_request_id(examples, "acme", "user-ana", 20) != first
+    with (examples / "acme" / "company" / "refunds.md").open("a") as f:
+        f.write("Gift cards are never refunded.\n")
+    assert train_request_id(examples, "acme", "company", 20) != first  # new data: trained again
+
+
+def test_a_refused_adapter_is_not_trained_again_on_unchanged_examples(tmp_path: Path) -> None:
+    """A refusal is a verdict on the same request: the next run reports it instead of retraining."""
+    import io
+
+    from rich.console import Console
+
+    from loraswarm.demo import check_examples, demo_settings, train
+
+    examples = one_tenant_examples(tmp_path)
+    settings = demo_settings(examples.resolve(), tmp_path / "state")
+    settings.trainer.min_train_tokens = 10**9  # nothing is enough: every adapter is refused
+    questions = check_examples(examples)
+    console = Console(file=io.StringIO())
+    first = train(settings, examples, questions, 2, console)
+    assert first and all(" rejected (" in line for line in first), first
+    again = train(settings, examples, questions, 2, console)
+    assert again == [f"{line} (refused before, same data and steps)" for line in first]

@@ -1,0 +1,64 @@
+"""The product's main job end to end, on real Kafka, Weaviate and the model server.
+
+A request per tenant (and per user) comes back with citations from that tenant's documents only,
+and the specialists ran with that tenant's (and that user's) adapters.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+from loraswarm.shared.bus import EventBus
+from loraswarm.shared.events import RecommendationCompleted, RecommendationFailed, RecommendationRequested
+from loraswarm.shared.settings import Settings
+from tests.conftest import isolated_settings
+from tests.e2e.world import TENANT_DOCS, swarm
+
+
+async def test_each_tenant_gets_its_own_documents_and_adapters(kafka_bootstrap: str, tmp_path: Path) -> None:
+    settings: Settings = isolated_settings("kafka", tmp_path, kafka_bootstrap)
+    outcomes: dict[str, RecommendationCompleted | RecommendationFailed] = {}
+    async with swarm(settings, tmp_path):
+        client = EventBus(settings, service="client")
+
+        @client.consumer(RecommendationCompleted, group="client")
+        async def done(event: RecommendationCompleted) -> None:
+            outcomes[str(event.request_id)] = event
+
+        @client.consumer(RecommendationFailed, group="client-failed")
+        async def failed(event: RecommendationFailed) -> None:
+            outcomes[str(event.request_id)] = event
+
+        requests = [
+            RecommendationRequested(
+                tenant_id="acme", user_id="ana", question="Can a tent be refunded?", deadline_s=240
+            ),
+            RecommendationRequested(
+                tenant_id="globex", question="Can a turbine be returned?", deadline_s=240
+            ),
+        ]
+        async with client:
+            for request in requests:
+                await client.publish(request)
+            deadline = asyncio.get_running_loop().time() + 300
+            while len(outcomes) < len(requests):
+                assert asyncio.get_running_loop().time() < deadline, "no outcome in time"
+                await asyncio.sleep(0.2)
+
+    for request in requests:
+        outcome = outcomes[str(request.request_id)]
+        assert isinstance(outcome, RecommendationCompleted), outcome
+        own_docs = {d for d, _, _ in TENANT_DOCS[request.tenant_id]}
+        cited = {c.doc_id for r in outcome.recommendations for c in r.citations}
+        assert cited, "no citations"
+        assert cited <= own_docs, f"{request.tenant_id} cited {cited - own_docs}"
+        for contribution in outcome.contributions:
+            assert contribution.adapter_ids, "a specialist ran without the tenant's adapter"
+            assert all(a.startswith(f"{request.tenant_id}/") for a in contribution.adapter_ids)
+        assert outcome.usage_by_step["plan"].input_tokens > 0
+    acme = outcomes[str(requests[0].request_id)]
+    assert isinstance(acme, RecommendationCompleted)
+    assert ["acme/company", "acme/user-ana"] in [c.adapter_ids for c in acme.contributions], (
+        "the user's adapter was not stacked on the company's"
+    )

@@ -1,0 +1,73 @@
+"""`loraswarm bench serving`'s workload and accounting (the measurement itself runs as a command)."""
+
+from __future__ import annotations
+
+from loraswarm.bench.serving import (
+    AdapterFigures,
+    Options,
+    Outcome,
+    Report,
+    RunResult,
+    _useful,
+    markdown,
+    workload,
+)
+
+
+def test_the_workload_is_open_loop_over_distinct_adapters() -> None:
+    options = Options(requests=64, adapters=32, rate=8.0, min_new_tokens=12, max_new_tokens=36)
+    requests = workload(options)
+    assert len(requests) == 64
+    assert {r.adapter for r in requests} == set(range(32))
+    arrivals = [r.arrival_s for r in requests]
+    assert arrivals == sorted(arrivals) and arrivals[0] > 0
+    assert 4 < arrivals[-1] < 16  # ~64 / 8 s
+    assert all(12 <= r.max_new_tokens <= 36 for r in requests)
+    assert workload(options) == requests  # seeded: every system gets the same requests
+
+
+def test_useful_tokens_stop_at_the_requests_own_limit_and_eos() -> None:
+    assert _useful([5, 6, 7, 8], 3, {2}) == 3
+    assert _useful([5, 2, 7, 8], 4, {2}) == 2
+
+
+def test_throughput_counts_tokens_over_the_makespan_of_every_round() -> None:
+    one = RunResult("x", [Outcome(arrival=0.0, tokens=[1.0, 2.0]), Outcome(arrival=1.0, tokens=[3.0, 4.0])])
+    two = RunResult("x", [Outcome(arrival=10.0, tokens=[12.0, 14.0])])
+    both = one.merged(two)
+    assert both.tokens == 6
+    assert both.makespan == 4.0 + 4.0
+    assert both.throughput == 6 / 8
+    assert both.ttft() == [1.0, 2.0, 2.0]
+    assert both.itl() == [1.0, 1.0, 2.0]
+
+
+def test_the_report_states_every_goal() -> None:
+    def run(name: str, step: float) -> RunResult:
+        return RunResult(name, [Outcome(arrival=0.0, tokens=[step * (k + 1) for k in range(10)])], note="n")
+
+    figures = AdapterFigures(
+        [20.0, 30.0], 1000, 64, 64, 64 << 20, 1 << 20, 1 << 30, (1 << 30) + (70 << 20), 9.0, 3e8
+    )
+    report = Report(
+        Options(),
+        [run("s", 0.1), run("c", 0.09), run("a", 1.0), run("b", 0.3)],
+        figures,
+        90.0,
+        3e8,
+        1,
+        (1, 1, 1),
+        (1, 1, 1),
+        60.0,
+    )
+    text = markdown(report)
+    for needle in (
+        "/ (c) base model only | 0.90 | >= 0.85 | met",
+        "/ (a) swap per request | 10.00 | >= 5 | met",
+        "/ (b) static peft batches | 3.00 | >= 1.5 | met",
+        "cold load p95",
+        "1,000 in the store",
+        "at most 64 resident",
+        "% of peak",
+    ):
+        assert needle in text, needle

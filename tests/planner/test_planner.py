@@ -1,0 +1,221 @@
+"""The planner's paths, on the in-process broker and on real Kafka, with the real `openai` client.
+
+The primary LLM here is a scripted OpenAI-compatible endpoint (scripted_llm.py), because these
+tests are about what the planner does when the LLM misbehaves on cue; the end-to-end tests in
+tests/e2e/ run the planner against the real model server.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+
+from loraswarm.shared.envelope import utc_now
+from loraswarm.shared.events import RecommendationCompleted, RecommendationFailed, RecommendationRequested
+from loraswarm.shared.secrets import SecretRegistry
+from loraswarm.shared.settings import Settings
+from tests.planner.scripted_llm import Script, serve
+from tests.planner.world import Behaviour, configure, world
+
+GOOD_PLAN = json.dumps({"tasks": [{"specialist": "policy", "question": "What is the refund window?"}]})
+TWO_PLAN = json.dumps(
+    {
+        "tasks": [
+            {"specialist": "policy", "question": "Refund window?"},
+            {"specialist": "support", "question": "Tone?"},
+        ]
+    }
+)
+COMPOSED = json.dumps(
+    {
+        "summary": "Refund it.",
+        "recommendations": [{"title": "Refund", "text": "Offer a refund.", "sources": [1]}],
+    }
+)
+
+
+def request(**fields: object) -> RecommendationRequested:
+    return RecommendationRequested(
+        tenant_id="acme", user_id="ana", question="Can I refund after 20 days?", **fields
+    )  # type: ignore[arg-type]
+
+
+async def test_a_request_is_planned_fanned_out_and_composed_with_citations(
+    settings: Settings, tenants_dir: Path
+) -> None:
+    script = Script([TWO_PLAN, COMPOSED])
+    with serve(script) as url:
+        async with world(configure(settings, tenants_dir, url), {}) as w:
+            req = request()
+            await w.bus.publish(req)
+            outcome = await w.wait_outcome(req.request_id)
+    assert isinstance(outcome, RecommendationCompleted)
+    assert not outcome.partial
+    assert outcome.recommendations[0].text == "Offer a refund."
+    assert outcome.recommendations[0].citations[0].doc_id == "refund-policy"
+    adapters = {c.specialist: c.adapter_ids for c in outcome.contributions}
+    assert adapters == {"policy": ["acme/company"], "support": ["acme/company", "acme/user-ana"]}
+    assert set(outcome.usage_by_step) >= {"plan", "compose"}
+    assert outcome.usage_by_step["plan"].input_tokens == 11
+    assert "total" in outcome.timings_ms
+    # the plan was asked for with a JSON schema naming only the tenant's specialists
+    schema = script.requests[0]["response_format"]["json_schema"]["schema"]
+    assert schema["$defs"]["PlannedTask"]["properties"]["specialist"]["enum"] == ["policy", "support"]
+    # each task names the others asked, so that no specialist hands off to one already on it
+    assert {t.specialist: t.peers for t in w.tasks} == {"policy": ["support"], "support": ["policy"]}
+
+
+async def test_garbage_then_an_unknown_specialist_falls_back_to_the_default_plan(
+    settings: Settings, tenants_dir: Path
+) -> None:
+    unknown = json.dumps({"tasks": [{"specialist": "astrologer", "question": "Stars?"}]})
+    script = Script(["this is not json at all", unknown, COMPOSED])
+    with serve(script) as url:
+        async with world(configure(settings, tenants_dir, url), {}) as w:
+            req = request()
+            await w.bus.publish(req)
+            outcome = await w.wait_outcome(req.request_id)
+    assert isinstance(outcome, RecommendationCompleted)
+    assert [t.specialist for t in w.tasks] == ["policy"]  # the tenant's default plan
+    assert any("not a JSON object" in n for n in outcome.notes)
+    assert any("unknown specialist" in n and "astrologer" in n for n in outcome.notes)
+    assert "used the tenant's default plan" in outcome.notes
+    # the retry showed the model its error
+    assert "invalid" in script.requests[1]["messages"][-1]["content"]
+
+
+async def test_a_primary_llm_that_times_out_never_hangs_the_request(
+    settings: Settings, tenants_dir: Path
+) -> None:
+    script = Script([None, None])  # the plan call and the compose call both hang
+    with serve(script) as url:
+        async with world(configure(settings, tenants_dir, url, llm_timeout_s=1.0), {}) as w:
+            req = request()
+            started = time.monotonic()
+            await w.bus.publish(req)
+            outcome = await w.wait_outcome(req.request_id)
+    assert time.monotonic() - started < 10
+    assert isinstance(outcome, RecommendationCompleted)
+    assert "used the tenant's default plan" in outcome.notes
+    assert any("composed from the specialists' answers" in n for n in outcome.notes)
+    assert outcome.recommendations[0].text == "policy says hello"
+
+
+async def test_a_silent_specialist_ends_the_request_at_its_deadline(
+    settings: Settings, tenants_dir: Path
+) -> None:
+    script = Script([TWO_PLAN], default=COMPOSED)
+    with serve(script) as url:
+        async with world(configure(settings, tenants_dir, url), {"support": lambda t: None}) as w:
+            req = request(deadline_s=4.0)
+            await w.bus.publish(req)
+            outcome = await w.wait_outcome(req.request_id)
+            ended = utc_now()
+    lateness = (ended - (req.occurred_at + timedelta(seconds=4.0))).total_seconds()
+    assert -0.5 <= lateness <= 1.0, f"ended {lateness:+.2f} s from the deadline"
+    assert isinstance(outcome, RecommendationCompleted)
+    assert outcome.partial
+    assert any("deadline (4 s) reached without: support" in n for n in outcome.notes)
+
+
+async def test_no_answer_at_all_fails_at_the_deadline_with_the_reason(
+    settings: Settings, tenants_dir: Path
+) -> None:
+    script = Script([GOOD_PLAN])
+    with serve(script) as url:
+        async with world(configure(settings, tenants_dir, url), {"policy": lambda t: None}) as w:
+            req = request(deadline_s=3.0)
+            await w.bus.publish(req)
+            outcome = await w.wait_outcome(req.request_id)
+    assert isinstance(outcome, RecommendationFailed)
+    assert outcome.code == "deadline"
+    assert "before any specialist answered" in outcome.reason
+
+
+async def test_an_answer_with_another_tenants_secret_is_withheld(
+    settings: Settings, tenants_dir: Path
+) -> None:
+    SecretRegistry(settings.data_dir).register("globex", "GLOBEX-CANARY-493021")
+    script = Script([GOOD_PLAN], default="not json")  # compose falls back to the specialist's own words
+    with serve(script) as url:
+        leak: dict[str, Behaviour] = {"policy": lambda t: "The code is GLOBEX-CANARY-493021."}
+        async with world(configure(settings, tenants_dir, url), leak) as w:
+            req = request()
+            await w.bus.publish(req)
+            outcome = await w.wait_outcome(req.request_id)
+    assert isinstance(outcome, RecommendationFailed)
+    assert outcome.code == "guardrail"
+    assert "GLOBEX" not in outcome.reason
+
+
+@pytest.mark.parametrize(
+    ("fields", "reason"),
+    [
+        ({"tenant_id": "initech"}, "tenant 'initech' is not configured"),
+        ({"user_id": "mallory"}, "user 'mallory' is not allowed"),
+        ({"question": "x" * 5000}, "the limit is 4000"),
+    ],
+)
+async def test_bad_requests_fail_with_a_reason(
+    settings: Settings, tenants_dir: Path, fields: dict[str, object], reason: str
+) -> None:
+    with serve(Script()) as url:
+        async with world(configure(settings, tenants_dir, url), {}) as w:
+            req = request().model_copy(update=fields)
+            await w.bus.publish(req)
+            outcome = await w.wait_outcome(req.request_id)
+    assert isinstance(outcome, RecommendationFailed)
+    assert outcome.code == "invalid_request"
+    assert reason in outcome.reason
+
+
+async def test_the_same_request_twice_gets_one_answer(settings: Settings, tenants_dir: Path) -> None:
+    script = Script([GOOD_PLAN, COMPOSED])
+    with serve(script) as url:
+        async with world(configure(settings, tenants_dir, url), {}) as w:
+            req = request()
+            await w.bus.publish(req)
+            await w.bus.publish(
+                req.model_copy(
+                    update={"event_id": req.caused(RecommendationRequested, question="x").event_id}
+                )
+            )
+            await w.wait_outcome(req.request_id)
+            await __import__("asyncio").sleep(1.0)
+    assert len([o for o in w.outcomes if o.request_id == req.request_id]) == 1
+    assert len(w.tasks) == 1
+
+
+async def test_tokens_are_counted_per_tenant_user_adapter_and_step(
+    settings: Settings, tenants_dir: Path
+) -> None:
+    from prometheus_client import REGISTRY
+
+    def value(**labels: str) -> float:
+        return REGISTRY.get_sample_value("loraswarm_request_tokens_total", labels) or 0.0
+
+    plan_before = value(tenant="acme", user="ana", adapter="base", step="plan", direction="input")
+    script = Script([TWO_PLAN, COMPOSED])
+    with serve(script) as url:
+        async with world(configure(settings, tenants_dir, url), {}) as w:
+            req = request()
+            await w.bus.publish(req)
+            outcome = await w.wait_outcome(req.request_id)
+    assert isinstance(outcome, RecommendationCompleted)
+    assert (
+        value(tenant="acme", user="ana", adapter="base", step="plan", direction="input") == plan_before + 11
+    )
+    support = {
+        "tenant": "acme",
+        "user": "ana",
+        "adapter": "acme/company+acme/user-ana",
+        "step": "specialist:support",
+    }
+    assert (
+        REGISTRY.get_sample_value("loraswarm_request_tokens_total", {**support, "direction": "output"})
+        is not None
+    )

@@ -1,0 +1,35 @@
+"""The envelope's rules: tenant ids, derived ids, and what a caused event inherits."""
+
+from __future__ import annotations
+
+import pytest
+from pydantic import ValidationError
+
+from loraswarm.shared.events import EVENT_MODELS, RecommendationRequested, RetrievalRequested
+
+
+@pytest.mark.parametrize("tenant", ["Acme", "", "a" * 64, "acme corp", "-acme", "acme/x"])
+def test_bad_tenant_ids_are_refused(tenant: str) -> None:
+    with pytest.raises(ValidationError, match="tenant_id"):
+        RetrievalRequested(tenant_id=tenant, query="q")
+
+
+def test_every_event_declares_its_type_and_schema_version() -> None:
+    for model in EVENT_MODELS:
+        assert model.model_fields["type"].default == model.event_type
+        assert "." in model.event_type
+
+
+def test_caused_events_keep_tenant_request_and_user() -> None:
+    request = RecommendationRequested(tenant_id="acme", user_id="ana", question="q")
+    child = request.caused(RetrievalRequested, query="q")
+    assert (child.tenant_id, child.request_id, child.user_id) == ("acme", request.request_id, "ana")
+    assert child.causation_id == request.event_id
+
+
+def test_events_are_immutable_and_reject_unknown_fields() -> None:
+    event = RetrievalRequested(tenant_id="acme", query="q")
+    with pytest.raises(ValidationError):
+        event.query = "other"  # type: ignore[misc]
+    with pytest.raises(ValidationError, match="extra"):
+        RetrievalRequested(tenant_id="acme", query="q", surprise=1)  # type: ignore[call-arg]

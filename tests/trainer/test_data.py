@@ -1,0 +1,177 @@
+"""Training data without training: JSONL examples, tenant files, packing, labels, the held-out split."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+from transformers import AutoTokenizer
+
+from loraswarm.services.trainer.corpus import CorpusChunk
+from loraswarm.services.trainer.dataset import (
+    IGNORE,
+    Unit,
+    document_units,
+    example_sample,
+    split_heldout,
+    training_batches,
+)
+from loraswarm.services.trainer.errors import CorruptData, InvalidRequest, ScopeViolation
+from loraswarm.services.trainer.examples import ChatExample, Message, read_examples
+from loraswarm.services.trainer.scope import Scope, TenantFiles
+from loraswarm.shared import models
+from loraswarm.shared.settings import Settings
+
+
+@pytest.fixture(scope="module")
+def tokenizer() -> Any:
+    return AutoTokenizer.from_pretrained(models.resolve(Settings()))
+
+
+# ---------------------------------------------------------------- examples
+
+
+def test_examples_in_chat_and_pair_form_are_read_blank_lines_skipped(tmp_path: Path) -> None:
+    path = tmp_path / "ex.jsonl"
+    chat = {"messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello"}]}
+    path.write_text(json.dumps(chat) + "\n\n" + json.dumps({"prompt": "Q", "completion": "A"}) + "\n")
+    examples = read_examples(path)
+    assert [e.line for e in examples] == [1, 3]
+    assert examples[1].messages == (Message(role="user", content="Q"), Message(role="assistant", content="A"))
+
+
+def test_corrupt_lines_reject_the_file_naming_each_line_and_what_is_wrong(tmp_path: Path) -> None:
+    path = tmp_path / "ex.jsonl"
+    good = json.dumps({"prompt": "Q", "completion": "A"})
+    lines = [
+        good,
+        '{"prompt": "Q", "completion": ',  # 2: cut off
+        good,
+        json.dumps(
+            {"messages": [{"role": "user", "content": "only a question"}, {"role": "user", "content": "?"}]}
+        ),
+        json.dumps({"messages": [{"role": "robot", "content": "x"}, {"role": "assistant", "content": "y"}]}),
+        "[1, 2]",
+    ]
+    path.write_bytes(("\n".join(lines) + "\n").encode() + b"\xff\xfe\n")
+    with pytest.raises(CorruptData) as caught:
+        read_examples(path, "ex.jsonl")
+    reason = caught.value.reason
+    assert reason.startswith("ex.jsonl has 5 corrupt line(s) of 7")
+    assert "line 2: not valid JSON" in reason
+    assert "line 4: " in reason and "no assistant message" in reason
+    assert "line 5: messages.0.role" in reason
+    assert "line 6: a JSON list" in reason
+    assert "line 7: not UTF-8" in reason
+    assert "line 1" not in reason and "line 3" not in reason
+    assert caught.value.metrics == {"corrupt_lines": 5.0, "valid_lines": 2.0}
+
+
+# ---------------------------------------------------------------- tenant files
+
+
+def test_a_scope_reads_only_its_own_files(tmp_path: Path) -> None:
+    files = TenantFiles(tmp_path / "tenants")
+    company, alice, bob = Scope("acme"), Scope("acme", "alice"), Scope("acme", "bob")
+    for scope in (company, alice, bob, Scope("globex")):
+        files.folder(scope).mkdir(parents=True)
+        (files.folder(scope) / "ex.jsonl").write_text("{}")
+    (files.folder(company) / "link.jsonl").symlink_to(files.folder(Scope("globex")) / "ex.jsonl")
+
+    assert files.resolve(company, "ex.jsonl") == (files.folder(company) / "ex.jsonl").resolve()
+    assert files.resolve(alice, "ex.jsonl") == (files.folder(alice) / "ex.jsonl").resolve()
+    refused = {
+        (company, "../globex/ex.jsonl"): "tenant 'globex''s data",
+        (company, str(files.folder(Scope("globex")) / "ex.jsonl")): "tenant 'globex''s data",
+        (company, "link.jsonl"): "tenant 'globex''s data",
+        (company, "/etc/passwd"): "outside the tenant data store",
+        (company, "users/alice/ex.jsonl"): "user 'alice''s private data; a company adapter",
+        (bob, "../alice/ex.jsonl"): "user 'alice''s private data; user 'bob''s adapter may not read it",
+        (alice, "../../ex.jsonl"): "is company data; a user adapter trains on that user's own files",
+    }
+    for (scope, path), reason in refused.items():
+        with pytest.raises(ScopeViolation, match=reason.replace("(", r"\(")):
+            files.resolve(scope, path)
+    with pytest.raises(InvalidRequest, match="does not exist"):
+        files.resolve(company, "missing.jsonl")
+
+
+def test_imported_files_land_in_the_scope_folder(tmp_path: Path) -> None:
+    files = TenantFiles(tmp_path / "tenants")
+    source = tmp_path / "mine.jsonl"
+    source.write_text("{}\n")
+    name = files.import_file(Scope("acme", "alice"), source)
+    assert files.resolve(Scope("acme", "alice"), name).read_text() == "{}\n"
+    assert files.has_tenant("acme") and files.delete_tenant("acme") and not files.has_tenant("acme")
+
+
+# ---------------------------------------------------------------- samples and batches
+
+
+def chunk(doc: str, position: int, text: str) -> CorpusChunk:
+    return CorpusChunk(doc, position, "v1", "company", text)
+
+
+def test_documents_are_packed_in_order_one_document_per_block(tokenizer: Any) -> None:
+    chunks = [
+        chunk("b", 1, "second part of b."),
+        chunk("a", 0, "all of a."),
+        chunk("b", 0, "first part of b,"),
+    ]
+    units = document_units(chunks, tokenizer, seq_len=8)
+    assert [u.key for u in units] == ["doc:a", "doc:b"]
+    b_text = tokenizer.decode([t for s in units[1].samples for t in s.input_ids])
+    assert b_text == "first part of b,<|im_end|>second part of b.<|im_end|>"
+    assert all(len(s.input_ids) <= 8 and s.labels == s.input_ids for u in units for s in u.samples)
+
+
+def test_only_the_assistants_tokens_of_an_example_are_learned(tokenizer: Any) -> None:
+    example = ChatExample(
+        (
+            Message(role="user", content="What is the refund window?"),
+            Message(role="assistant", content="45 days."),
+        ),
+        line=1,
+    )
+    sample = example_sample(example, tokenizer, seq_len=256)
+    assert sample is not None
+    learned = tokenizer.decode([t for t in sample.labels if t != IGNORE])
+    assert learned == "45 days.<|im_end|>\n"
+    assert "refund window" in tokenizer.decode(sample.input_ids)
+    # Cut before the answer: nothing left to learn, so no sample.
+    assert example_sample(example, tokenizer, seq_len=10) is None
+
+
+def test_held_out_units_are_whole_stable_and_never_everything(tokenizer: Any) -> None:
+    units = document_units(
+        [chunk(f"d{i}", 0, f"document number {i} " * 30) for i in range(20)], tokenizer, 16
+    )
+    train, heldout = split_heldout(units, 0.1, cap=64)
+    total = sum(len(u.samples) for u in units)
+    assert len(train) + len(heldout) == total
+    assert 0 < len(heldout) <= 0.1 * total + max(len(u.samples) for u in units)
+    held = {s.input_ids for s in heldout}
+    assert all(
+        all(s.input_ids in held for s in u.samples) or not any(s.input_ids in held for s in u.samples)
+        for u in units
+    )
+    assert split_heldout(units, 0.1, cap=64) == (train, heldout)
+    # One document alone: its blocks are split; one block alone: nothing can be held out.
+    assert split_heldout(units[:1], 0.5, cap=64)[1]
+    single = [Unit("doc:x", units[0].samples[:1])]
+    assert split_heldout(single, 0.5, cap=64) == (single[0].samples, [])
+
+
+def test_batches_are_grouped_by_length_and_padded_with_ignored_labels(tokenizer: Any) -> None:
+    short = [chunk(f"s{i}", 0, "tiny") for i in range(8)]
+    long = [chunk(f"l{i}", 0, "a much longer document " * 5) for i in range(8)]
+    samples = [s for u in document_units(short + long, tokenizer, 64) for s in u.samples]
+    batches = training_batches(samples, batch_size=4, pad_id=tokenizer.pad_token_id, seed=0)
+    seen = [next(batches) for _ in range(4)]  # one epoch
+    widths = sorted(b.input_ids.shape[1] for b in seen)
+    assert widths[0] < 5 < widths[-1], "short and long samples were not grouped apart"
+    for batch in seen:
+        assert (batch.labels[batch.attention_mask == 0] == IGNORE).all()
+    assert sum(b.tokens for b in seen) == sum(len(s.input_ids) for s in samples)

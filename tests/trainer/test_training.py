@@ -1,0 +1,144 @@
+"""A tiny adapter trains in seconds, learns (loss falls, output changes) and is published whole."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+import torch
+from peft import PeftModel
+from safetensors.torch import load_file
+
+from loraswarm.services.trainer.pipeline import BaseModels, Published, Rejection, Trainer
+from loraswarm.services.trainer.scope import Scope
+from loraswarm.shared import models
+from loraswarm.shared.events import AdapterTrainRequested, TrainingData
+from tests.trainer.conftest import extra, refund_examples, write_examples
+
+PROMPT = "How long do I have to return an order? (order 2001)"
+
+
+def generate(model: Any, tokenizer: Any, prompt: str, tokens: int = 16) -> str:
+    text = tokenizer.apply_chat_template(
+        [{"role": "user", "content": prompt}], add_generation_prompt=True, tokenize=False
+    )
+    ids = tokenizer(text, return_tensors="pt").input_ids
+    with torch.no_grad():
+        out = model.generate(ids, max_new_tokens=tokens, do_sample=False)
+    return str(tokenizer.decode(out[0][ids.shape[1] :], skip_special_tokens=True))
+
+
+def served(base_models: BaseModels, path: str) -> Any:
+    return PeftModel.from_pretrained(base_models.fresh(), path).eval()
+
+
+def request(name: str = "support", **hyperparameters: Any) -> AdapterTrainRequested:
+    return AdapterTrainRequested(
+        tenant_id="acme",
+        name=name,
+        data=TrainingData(documents=False, examples_path="refunds.jsonl"),
+        hyperparameters=hyperparameters,
+    )
+
+
+def test_a_tiny_adapter_trains_in_seconds_its_loss_falls_and_its_output_changes(
+    trainer: Trainer, base_models: BaseModels
+) -> None:
+    write_examples(trainer.files, Scope("acme"), "refunds.jsonl", refund_examples("Acme Rockets", 45))
+    progress: list[tuple[str, int, int, float | None]] = []
+
+    outcome = trainer.run(request(steps=8), progress=lambda *p: progress.append(p))
+
+    assert isinstance(outcome, Published), outcome
+    m = outcome.metrics
+    # It learned: the training loss fell, and text it never saw got likelier than under the base.
+    curve = extra(outcome.manifest)["loss_curve"]
+    assert len(curve) == 8
+    assert sum(curve[-3:]) / 3 < sum(curve[:3]) / 3
+    assert m["heldout_loss"] < m["start_heldout_loss"]
+    assert m["heldout_ppl"] < m["start_heldout_ppl"]
+    # The output changed.
+    base, tokenizer = base_models.get()
+    before = generate(base, tokenizer, PROMPT)
+    after = generate(served(base_models, outcome.uri), tokenizer, PROMPT)
+    assert after != before, after
+    # Progress: every step, then every evaluation.
+    assert [p[1] for p in progress if p[0] == "training"] == list(range(1, 9))
+    evaluations = [p for p in progress if p[0] == "evaluation"]
+    assert evaluations and evaluations[-1][1] == evaluations[-1][2]
+
+    # The artifact: peft's two files and the manifest, LoRA deltas only.
+    version = trainer.store.resolve("acme/support")
+    assert version.ref.version == outcome.version == "1"
+    files = {p.name for p in version.path.iterdir()}
+    assert {"adapter_model.safetensors", "adapter_config.json", "manifest.json"} <= files
+    config = json.loads((version.path / "adapter_config.json").read_text())
+    assert config["peft_type"] == "LORA" and config["bias"] == "none" and not config["modules_to_save"]
+    assert config["r"] == 8 and sorted(config["target_modules"]) == ["q_proj", "v_proj"]
+    tensors = load_file(str(version.path / "adapter_model.safetensors"))
+    assert tensors and all(".lora_A." in k or ".lora_B." in k for k in tensors)
+    manifest = version.manifest
+    assert (manifest.tenant_id, manifest.user_id, manifest.name, manifest.method) == (
+        "acme",
+        None,
+        "support",
+        "lora",
+    )
+    assert manifest.base_model == trainer.settings.base_model
+    assert manifest.base_model_hash == models.model_hash(models.resolve(trainer.settings))
+    assert len(manifest.data_fingerprint) == 16
+    assert manifest.hyperparameters["steps"] == 8 and "adapter_len" not in manifest.hyperparameters
+    assert manifest.metrics["examples"] == 16 and manifest.metrics["heldout_sequences"] >= 1
+
+    # The same request again (a redelivery) is not trained twice: it finds its version.
+    again = trainer.run(
+        request(steps=8).model_copy(update={"event_id": extra(outcome.manifest)["request_event_id"]})
+    )
+    assert isinstance(again, Published) and again.version == "1"
+    assert trainer.store.versions("acme", "support") == ["1"]
+
+    # A new request is a new version; rollback makes the old one current again.
+    second = trainer.run(request(steps=2))
+    assert isinstance(second, Published) and second.version == "2"
+    assert trainer.store.current("acme", "support") == "2"
+    assert trainer.store.rollback("acme", "support") == "1"
+    assert trainer.store.resolve("acme/support").ref.version == "1"
+
+
+def test_llama_adapter_goes_through_the_same_pipeline(trainer: Trainer, base_models: BaseModels) -> None:
+    write_examples(trainer.files, Scope("acme"), "refunds.jsonl", refund_examples("Acme Rockets", 45))
+    req = request("support-llama", steps=4, adapter_len=4, adapter_layers=4, learning_rate=1e-2)
+    outcome = trainer.run(req.model_copy(update={"method": "llama_adapter"}))
+
+    assert isinstance(outcome, Published), outcome
+    version = trainer.store.resolve("acme/support-llama")
+    config = json.loads((version.path / "adapter_config.json").read_text())
+    assert config["peft_type"] == "ADAPTION_PROMPT" and config["adapter_len"] == 4
+    assert version.manifest.method == "llama_adapter"
+    assert "r" not in version.manifest.hyperparameters
+    assert outcome.metrics["heldout_loss"] < outcome.metrics["start_heldout_loss"]
+    _, tokenizer = base_models.get()
+    assert generate(served(base_models, outcome.uri), tokenizer, PROMPT)
+
+
+def test_hyperparameters_of_the_other_method_or_unknown_ones_are_refused(trainer: Trainer) -> None:
+    write_examples(trainer.files, Scope("acme"), "refunds.jsonl", refund_examples("Acme Rockets", 45))
+    cases = {
+        "adapter_len do not apply to method 'lora'": request(adapter_len=4),
+        "lora_rank: Extra inputs are not permitted": request(lora_rank=4),
+        "r: Input should be less than or equal to 256": request(r=1024),
+    }
+    for reason, req in cases.items():
+        outcome = trainer.run(req)
+        assert isinstance(outcome, Rejection) and outcome.code == "invalid_request"
+        assert reason in outcome.reason
+    assert trainer.store.list() == []
+
+
+@pytest.mark.parametrize("targets", [["q_proj", "nope_proj"]])
+def test_target_modules_the_model_lacks_are_named(trainer: Trainer, targets: list[str]) -> None:
+    write_examples(trainer.files, Scope("acme"), "refunds.jsonl", refund_examples("Acme Rockets", 45))
+    outcome = trainer.run(request(target_modules=targets))
+    assert isinstance(outcome, Rejection) and outcome.code == "invalid_request"
+    assert "nope_proj" in outcome.reason
