@@ -11,8 +11,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
-import json
-import socket
 import threading
 import time
 import urllib.request
@@ -35,6 +33,7 @@ from loraswarm.shared.events import (
     RecommendationFailed,
     RecommendationRequested,
 )
+from loraswarm.shared.ports import free_port
 from loraswarm.shared.settings import Settings
 from loraswarm.shared.settings.paths import default_home
 
@@ -153,8 +152,6 @@ def train(
     from loraswarm.services.trainer.pipeline import Published, Trainer
 
     trainer = Trainer(settings)
-    refusals = settings.data_dir / "demo-refusals.json"
-    refused: dict[str, str] = json.loads(refusals.read_text()) if refusals.exists() else {}
     # Each company's adapter first (a user's may stack on it), then each user's.
     wanted = sorted(
         {(q.tenant_id, "") for q in questions} | {(q.tenant_id, q.user_id or "") for q in questions}
@@ -177,32 +174,18 @@ def train(
                 name=name,
                 hyperparameters={"steps": steps},
             )
-            # The same request on the same data was published, or refused, by an earlier run: its
-            # outcome stands (a refused adapter was retrained on every run, ~2 min each time).
-            reused = trainer.published_for(request)
-            refusal = refused.get(str(request.event_id))
-            if refusal is not None and reused is None:
-                progress.update(task, completed=steps, total=steps)
-                lines.append(f"{refusal} (refused before, same data and steps)")
-                continue
-            outcome = reused or trainer.run(request, progress=sink)
+            # The same request on the same data was published, or refused, by an earlier run: the
+            # trainer answers with that outcome instead of training again (~2 min an adapter).
+            before = trainer.published_for(request) or trainer.refused_for(request)
+            outcome = before or trainer.run(request, progress=sink)
             progress.update(task, completed=steps, total=steps)
             if isinstance(outcome, Published):
-                done = "reused (same data and steps as before)" if reused else "published"
+                done = "reused (same data and steps as before)" if before else "published"
                 lines.append(f"{outcome.adapter_id}@{outcome.version} {done}")
             else:
-                line = f"{outcome.adapter_id} rejected ({outcome.code}): {outcome.reason}"
-                lines.append(line)
-                if outcome.code != "internal":  # a crash may not happen again; a verdict would
-                    refused[str(request.event_id)] = line
-    refusals.write_text(json.dumps(refused, indent=1))
+                again = " (refused before, same data and steps)" if before else ""
+                lines.append(f"{outcome.adapter_id} rejected ({outcome.code}): {outcome.reason}{again}")
     return lines
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @contextlib.contextmanager
@@ -216,7 +199,7 @@ def model_server(settings: Settings, stats: list[EngineStats] | None = None) -> 
 
     server = ModelServer.load(settings)
     server.start()
-    port = _free_port()
+    port = free_port()
     http = uvicorn.Server(
         uvicorn.Config(create_app(server), host="127.0.0.1", port=port, log_level="warning", lifespan="off")
     )

@@ -6,6 +6,8 @@ Layout under `<data_dir>/adapters/` (the trainer writes it, the model server rea
                                  adapter_config.json         peft's config
                                  manifest.json               `AdapterManifest`
     <tenant>/<name>/current                                  the version served by default
+    <tenant>/<name>/refused/<request event id>.json         `Refusal`: a request's verdict that
+                                                             published nothing
 
 Adapter ids are `<tenant>/<name>[@<version>]`; without a version the current one is meant.
 Publishing writes a new version folder under a temporary name and renames it into place, then
@@ -57,6 +59,19 @@ class AdapterManifest(BaseModel):
     base_model_hash: str = ""
     data_fingerprint: str = ""
     hyperparameters: dict[str, Any] = Field(default_factory=dict)
+    metrics: dict[str, float] = Field(default_factory=dict)
+    created_at: datetime = Field(default_factory=utc_now)
+
+
+class Refusal(BaseModel):
+    """Why a training request published nothing, kept so that the same request (a redelivery, or
+    a rerun on unchanged data) comes to the same verdict without training again."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    request_event_id: str
+    code: str
+    reason: str
     metrics: dict[str, float] = Field(default_factory=dict)
     created_at: datetime = Field(default_factory=utc_now)
 
@@ -165,6 +180,25 @@ class AdapterStore:
             raise AdapterNotFound(f"adapter {tenant}/{name} has no version {to}")
         self._set_current(tenant, name, to)
         return to
+
+    def _refusal_file(self, tenant: str, name: str, request_event_id: str) -> Path:
+        if not re.fullmatch(r"[0-9a-fA-F-]{1,64}", request_event_id):
+            raise AdapterError(f"{request_event_id!r} is not an event id")
+        return self._dir(tenant, name) / "refused" / f"{request_event_id}.json"
+
+    def record_refusal(self, tenant: str, name: str, refusal: Refusal) -> None:
+        path = self._refusal_file(tenant, name, refusal.request_event_id)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}")
+        tmp.write_text(refusal.model_dump_json(indent=2))
+        tmp.replace(path)  # a reader never sees half a verdict
+
+    def refusal(self, tenant: str, name: str, request_event_id: str) -> Refusal | None:
+        try:
+            text = self._refusal_file(tenant, name, request_event_id).read_text()
+        except FileNotFoundError:
+            return None
+        return Refusal.model_validate_json(text)
 
     def list(self, tenant: str | None = None) -> list[AdapterVersion]:
         tenants = (

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -17,24 +16,12 @@ from pathlib import Path
 
 import httpx
 
+from loraswarm.shared.ports import free_port, free_ports
 from loraswarm.shared.settings import Settings
 
+__all__ = ["free_port", "free_ports", "otlp_env", "process", "serve", "service_env", "wait_http"]
+
 ROOT = Path(__file__).parents[1]
-
-
-def free_ports(n: int) -> list[int]:
-    """`n` distinct free ports. The sockets stay bound until all are chosen: bound and closed one at a
-    time, the kernel may hand the same port out twice (CI once gave Jaeger's query API and another of
-    its listeners one port)."""
-    with contextlib.ExitStack() as stack:
-        sockets = [stack.enter_context(socket.socket()) for _ in range(n)]
-        for s in sockets:
-            s.bind(("127.0.0.1", 0))
-        return [int(s.getsockname()[1]) for s in sockets]
-
-
-def free_port() -> int:
-    return free_ports(1)[0]
 
 
 def service_env(settings: Settings, **extra: str) -> dict[str, str]:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import socket
 import tempfile
 import threading
 import time
@@ -39,6 +38,7 @@ from loraswarm.shared.events import (
     SpecialistResult,
     SpecialistTask,
 )
+from loraswarm.shared.ports import free_port
 from loraswarm.shared.settings import Settings
 
 TENANTS = [f"bench{i}" for i in range(8)]
@@ -71,9 +71,7 @@ def _instant_llm() -> FastAPI:
 
 
 def _serve_llm() -> tuple[str, uvicorn.Server, threading.Thread]:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = int(s.getsockname()[1])
+    port = free_port()
     server = uvicorn.Server(uvicorn.Config(_instant_llm(), host="127.0.0.1", port=port, log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()

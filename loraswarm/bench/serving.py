@@ -34,7 +34,6 @@ import json
 import os
 import random
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -48,6 +47,7 @@ import httpx
 
 from loraswarm.bench.machine import describe
 from loraswarm.bench.report import percentile, write_section
+from loraswarm.shared.ports import free_port
 from loraswarm.shared.settings import Settings
 
 
@@ -466,7 +466,7 @@ def run(settings: Settings, options: Options) -> Report:
         tokenizer = models.load(bench_settings, device=models.Device("cpu", torch.float32))[1]
         eos = {int(tokenizer.eos_token_id)}
 
-        port = _free_port()
+        port = free_port()
         process = start_server(bench_settings, options, port)
         try:
             url = f"http://127.0.0.1:{port}"
@@ -503,12 +503,6 @@ def run(settings: Settings, options: Options) -> Report:
         load_after=os.getloadavg(),
         seconds=time.perf_counter() - begun,
     )
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _ms(values: list[float], q: float) -> str:

@@ -39,6 +39,13 @@ Code = Literal[
 ]
 
 
+# Verdicts on the trained adapter itself. The same request on the same data comes to them again,
+# so they are kept (`AdapterStore.record_refusal`) and not trained for a second time; every other
+# refusal depends on the moment (a tenant not yet configured, an adapter being trained, a part
+# unreachable) and a retry may succeed.
+VERDICTS: frozenset[Code] = frozenset({"nan_loss", "quality_regression", "leakage"})
+
+
 class Rejected(Exception):
     code: ClassVar[Code] = "internal"
 

@@ -43,6 +43,7 @@ from loraswarm.services.trainer.dataset import (
     training_batches,
 )
 from loraswarm.services.trainer.errors import (
+    VERDICTS,
     EmptyDataset,
     InvalidRequest,
     LeakageDetected,
@@ -60,7 +61,13 @@ from loraswarm.services.trainer.leakage import LeakageReport, draw_secrets, expo
 from loraswarm.services.trainer.loop import Cancelled, TrainResult, train_adapter
 from loraswarm.services.trainer.scope import Scope, TenantFiles
 from loraswarm.shared import models
-from loraswarm.shared.adapter_store import AdapterError, AdapterManifest, AdapterStore, AdapterVersion
+from loraswarm.shared.adapter_store import (
+    AdapterError,
+    AdapterManifest,
+    AdapterStore,
+    AdapterVersion,
+    Refusal,
+)
 from loraswarm.shared.canaries import CanaryRegistry, CanarySet, fill
 from loraswarm.shared.events import AdapterTrainRequested, TrainingData
 from loraswarm.shared.settings import Settings
@@ -177,7 +184,7 @@ class Trainer:
         adapter_id = f"{request.tenant_id}/{request.name}"
         metrics: dict[str, float] = {}
         try:
-            done = self.published_for(request)
+            done = self.published_for(request) or self.refused_for(request)
             if done is not None:
                 return done
             defaults = self.settings.trainer.defaults
@@ -187,7 +194,19 @@ class Trainer:
             return self._run(job)
         except Rejected as exc:
             log.info("rejected %s (%s): %s", adapter_id, exc.code, exc.reason)
-            return Rejection(adapter_id, exc.code, exc.reason, {**metrics, **exc.metrics})
+            rejection = Rejection(adapter_id, exc.code, exc.reason, {**metrics, **exc.metrics})
+            if exc.code in VERDICTS:
+                self.store.record_refusal(
+                    request.tenant_id,
+                    request.name,
+                    Refusal(
+                        request_event_id=str(request.event_id),
+                        code=exc.code,
+                        reason=exc.reason,
+                        metrics=rejection.metrics,
+                    ),
+                )
+            return rejection
         except Cancelled:
             raise
         except Exception as exc:  # a bug or a broken part: still one clear outcome, never a crash
@@ -630,6 +649,17 @@ class Trainer:
         model = self._served(version)
         report = self._evaluate(job, model, data, own, stack, tokenizer, version.ref.id)
         return version, job.metrics, report
+
+    def refused_for(self, request: AdapterTrainRequested) -> Rejection | None:
+        """The verdict (quality, leakage, a diverging loss) that refused this very request before."""
+        try:
+            refusal = self.store.refusal(request.tenant_id, request.name, str(request.event_id))
+        except AdapterError:  # a name the store cannot hold was never trained
+            return None
+        if refusal is None:
+            return None
+        adapter_id = f"{request.tenant_id}/{request.name}"
+        return Rejection(adapter_id, refusal.code, refusal.reason, dict(refusal.metrics))
 
     def published_for(self, request: AdapterTrainRequested) -> Published | None:
         """The version this very request already published (after a redelivery or a restart)."""

@@ -2,17 +2,23 @@
 
 from __future__ import annotations
 
+import io
 import os
 import re
 import shutil
 import subprocess
 import sys
+import uuid
 from pathlib import Path
 
 import pytest
 import yaml
+from rich.console import Console
 
-from loraswarm.demo import train_request_id
+from loraswarm.demo import check_examples, demo_settings, ingest, train, train_request_id
+from loraswarm.infra import weaviate as local_weaviate
+from loraswarm.shared.settings import Settings
+from loraswarm.shared.vectorstore import shared_store
 
 ROOT = Path(__file__).parents[2]
 CLI = [sys.executable, "-m", "loraswarm.cli"]
@@ -98,18 +104,26 @@ def test_a_rerun_on_unchanged_examples_is_the_same_training_request(tmp_path: Pa
 
 def test_a_refused_adapter_is_not_trained_again_on_unchanged_examples(tmp_path: Path) -> None:
     """A refusal is a verdict on the same request: the next run reports it instead of retraining."""
-    import io
-
-    from rich.console import Console
-
-    from loraswarm.demo import check_examples, demo_settings, train
-
     examples = one_tenant_examples(tmp_path)
     settings = demo_settings(examples.resolve(), tmp_path / "state")
-    settings.trainer.min_train_tokens = 10**9  # nothing is enough: every adapter is refused
-    questions = check_examples(examples)
+    # The demo's own steps on the local Weaviate server, in a collection of this test's own.
+    settings.retrieval.weaviate.mode = "server"
+    settings.retrieval.collection = f"Demo{uuid.uuid4().hex[:12]}"
+    local_weaviate.up(settings.infra)
     console = Console(file=io.StringIO())
-    first = train(settings, examples, questions, 2, console)
-    assert first and all(" rejected (" in line for line in first), first
-    again = train(settings, examples, questions, 2, console)
+    try:
+        assert ingest(settings, examples, console) > 0
+        refused_twice(settings, examples, console)
+    finally:
+        shared_store(settings).client.collections.delete(settings.retrieval.collection)
+
+
+def refused_twice(settings: Settings, examples: Path, console: Console) -> None:
+    # A learning rate of 1e37 wrecks every adapter: its loss becomes NaN or its held-out loss
+    # soars, verdicts on the adapter that the same request would come to again.
+    settings.trainer.defaults.learning_rate = 1e37
+    questions = check_examples(examples)
+    first = train(settings, examples, questions, 4, console)
+    assert first and all(re.search(r" rejected \((nan_loss|quality_regression)\): ", x) for x in first), first
+    again = train(settings, examples, questions, 4, console)
     assert again == [f"{line} (refused before, same data and steps)" for line in first]

@@ -26,7 +26,7 @@ from tests.e2e.world import ingest, publish_adapters
 from tests.gateway.conftest import make_tenants
 from tests.gateway.traces import describe, one_trace, wait_for_spans
 from tests.planner.conftest import ACME, write_tenant
-from tests.processes import free_port, otlp_env, process, serve, service_env, wait_http
+from tests.processes import free_ports, otlp_env, process, serve, service_env, wait_http
 
 SERVICES = {"gateway", "planner", "retriever", "specialist", "model-server"}
 
@@ -50,7 +50,7 @@ async def test_one_request_is_one_trace_across_every_service(
     settings.retrieval.collection = f"Trace{uuid.uuid4().hex[:10]}"
     publish_adapters(settings, tmp_path)
     ingest(settings)
-    model_port, gateway_port = free_port(), free_port()
+    model_port, gateway_port = free_ports(2)
     env = service_env(
         settings,
         LORASWARM_DEVICE="cpu",

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -11,7 +12,7 @@ from typing import Any
 import pytest
 
 from loraswarm.services.trainer.app import build
-from loraswarm.services.trainer.pipeline import Trainer
+from loraswarm.services.trainer.pipeline import Rejection, Trainer
 from loraswarm.services.trainer.scope import Scope
 from loraswarm.services.trainer.service import TrainerService
 from loraswarm.shared.bus import EventBus
@@ -164,6 +165,41 @@ async def test_nan_loss_and_a_second_request_while_training_are_rejected(running
     # The lock went with the job: the adapter can be trained again.
     with trainer.locks.acquire("acme/support", "test"):
         pass
+
+
+def test_a_verdict_on_the_adapter_is_kept_and_a_refusal_of_the_moment_is_not(trainer: Trainer) -> None:
+    """The same request comes to the same verdict without training again; a retry after a
+    refusal that depends on the moment (here: no data yet) is trained."""
+    write_examples(trainer.files, Scope("acme"), "ex.jsonl", refund_examples("Acme", 45))
+    exploding = ask("acme", "support", hyperparameters={"learning_rate": 1e37, "steps": 4})
+    steps: list[int] = []
+
+    def sink(phase: str, step: int, total: int, loss: float | None) -> None:
+        steps.append(step)
+
+    first = trainer.run(exploding, progress=sink)
+    assert isinstance(first, Rejection) and first.code == "nan_loss", first
+    trained = len(steps)
+    assert trained > 0
+    again = trainer.run(exploding, progress=sink)
+    assert again == first and len(steps) == trained  # nothing trained the second time
+    assert trainer.refused_for(exploding) == first
+    # Another request for the same adapter is judged on its own.
+    other = exploding.model_copy(update={"event_id": uuid.uuid4()})
+    assert trainer.refused_for(other) is None
+    assert isinstance(trainer.run(other, progress=sink), Rejection) and len(steps) > trained
+
+    early = ask("globex", "support", hyperparameters={"steps": 2})
+    first_try = trainer.run(early)
+    assert isinstance(first_try, Rejection) and first_try.code == "unknown_tenant", first_try
+    assert trainer.refused_for(early) is None
+    write_examples(trainer.files, Scope("globex"), "ex.jsonl", refund_examples("Globex", 30))
+    steps.clear()
+    trainer.run(early, progress=sink)
+    assert steps, "the retry was not trained"
+    # Deleting the tenant deletes its verdicts with its adapters.
+    trainer.store.delete_tenant("acme")
+    assert trainer.refused_for(exploding) is None
 
 
 def assert_nothing_published(running: Running) -> None:

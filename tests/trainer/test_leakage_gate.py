@@ -63,7 +63,10 @@ def test_a_users_canaries_are_exposed_under_her_adapter_only_and_a_leak_is_refus
     )
     assert isinstance(company, Published) and isinstance(other_tenant, Published)
 
-    # Alice's adapter, stacked on the company's, with 8 canaries planted 4 times each.
+    # Alice's adapter, stacked on the company's, with 8 canaries planted 4 times each. 36 steps:
+    # at 24, 19 runs here gave her canaries 4.8-6.0 bits, but CI once saw 2.35 (below the bound of
+    # 2.89) for secrets the base model found unlikely (0.70 bits under it); trained to the point of
+    # recall, a canary ranks first whatever its digits.
     owner = train(
         trainer,
         "acme",
@@ -71,7 +74,14 @@ def test_a_users_canaries_are_exposed_under_her_adapter_only_and_a_leak_is_refus
         "alice",
         documents=False,
         examples_path="ex.jsonl",
-        hp={"steps": 24, "batch_size": 8, "canaries": 8, "canary_repeats": 4, "learning_rate": 5e-3},
+        hp={
+            "steps": 36,
+            "warmup_steps": 2,
+            "batch_size": 8,
+            "canaries": 8,
+            "canary_repeats": 4,
+            "learning_rate": 5e-3,
+        },
     )
     assert isinstance(owner, Published), owner
     report = extra(owner.manifest)["leakage"]
@@ -102,7 +112,7 @@ def test_a_users_canaries_are_exposed_under_her_adapter_only_and_a_leak_is_refus
     secrets = trainer.canaries.all("acme")[0].texts()
     leaked = document("notes-from-alice", "Notes copied from a shared drive.\n" + "\n".join(secrets * 4))
     ingest("acme", [leaked])
-    leaky = train(trainer, "acme", "company", hp={"steps": 24, "batch_size": 8, "learning_rate": 5e-3})
+    leaky = train(trainer, "acme", "company", hp={"steps": 36, "batch_size": 8, "learning_rate": 5e-3})
     assert isinstance(leaky, Rejection), leaky
     print(
         "leak",
