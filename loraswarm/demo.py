@@ -353,7 +353,8 @@ def run_demo(examples: Path, data_dir: Path | None, steps: int, console: Console
         console.print(
             f"model server: {stats.tokens} tokens generated, {stats.steps} decode steps "
             f"(mean batch {stats.tokens / max(stats.steps, 1):.1f}), {stats.prefills} prefills; "
-            f"decoding {stats.step_seconds:.0f} s, prefilling {stats.prefill_seconds:.0f} s"
+            f"decoding {stats.step_seconds:.0f} s, prefilling {stats.prefill_seconds:.0f} s "
+            f"({stats.prompt_tokens} prompt tokens, {stats.prefill_padding} of padding)"
         )
     console.rule(
         f"{done}/{len(questions)} recommendations in {answered_s:.0f} s of asking; whole demo {time.monotonic() - started:.0f} s"

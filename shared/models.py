@@ -159,6 +159,26 @@ def pick_device(preference: str = "auto") -> Device:
     return Device("cpu", torch.float32)
 
 
+def native_cpu_bf16() -> bool:
+    """Whether this CPU computes bf16 itself (AVX512-BF16 or AMX); without, torch emulates it slowly."""
+    import torch
+
+    checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
+    return any(bool(getattr(torch.cpu, name, lambda: False)()) for name in checks)
+
+
+def serving_device(settings: Settings) -> Device:
+    """Where and in what format the model server runs the base model (`model_server.dtype`)."""
+    import torch
+
+    device = pick_device(settings.device)
+    wanted = settings.model_server.dtype
+    if wanted == "auto":
+        bf16 = device.name == "cuda" or native_cpu_bf16()
+        return Device(device.name, torch.bfloat16 if bf16 else torch.float32)
+    return Device(device.name, torch.bfloat16 if wanted == "bfloat16" else torch.float32)
+
+
 def quiet_libraries() -> None:
     """Keep the libraries' noise out of service logs and the demo's output.
 

@@ -222,6 +222,8 @@ def start_server(settings: Settings, options: Options, port: int) -> subprocess.
         "LORASWARM_TRACING__EXPORTER": "none",
         "LORASWARM_MODEL_SERVER__MAX_BATCH_SIZE": str(options.batch),
         "LORASWARM_MODEL_SERVER__THREADS": str(options.threads),
+        # The baselines run peft in fp32: the server too, so that batching is all that differs.
+        "LORASWARM_MODEL_SERVER__DTYPE": "float32",
         "LORASWARM_MODEL_SERVER__MAX_RESIDENT_ADAPTERS": str(max(options.adapters, options.lru)),
     }
     command = [

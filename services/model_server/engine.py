@@ -145,6 +145,8 @@ class EngineStats:
     queue_size: int = 0
     step_seconds: float = 0.0
     prefill_seconds: float = 0.0
+    prompt_tokens: int = 0  # prompt tokens prefilled
+    prefill_padding: int = 0  # positions computed only to pad a prefill pass's prompts to one width
     threads: int = 0  # torch threads of the engine's forward passes
 
 
@@ -328,6 +330,8 @@ class BatchingEngine:
         last = hidden[torch.arange(n, device=self.device), length_t - 1]  # (n, hidden)
         logits = self.lm_head(last).float()  # (n, V)
         self.stats.prefills += 1
+        self.stats.prompt_tokens += sum(lengths)
+        self.stats.prefill_padding += n * width - sum(lengths)
         sequences = []
         for i, request in enumerate(requests):
             if request.prefill_details:

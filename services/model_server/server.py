@@ -1,6 +1,6 @@
 """The serving core: the base model with its wrapped layers, the adapter registry, the engine.
 
-`ModelServer.load(settings)` loads the base model once (CPU fp32, or CUDA bf16 when present),
+`ModelServer.load(settings)` loads the base model once (CUDA when present; `model_server.dtype`),
 wraps its decoder's linear layers for per-row LoRA, and starts nothing; `start()` starts the
 engine thread. The HTTP routes call `prepare` (validation already done: adapters and grammar
 resolved, off the event loop) and then `stream` or `complete`.
@@ -132,7 +132,7 @@ class ModelServer:
     @classmethod
     def load(cls, settings: Settings) -> ModelServer:
         """Load the base model (`loraswarm models pull` first) and build the server around it."""
-        device = models.pick_device(settings.device)
+        device = models.serving_device(settings)
         model, tokenizer = models.load(settings, device=device)
         path = models.resolve(settings)
         return cls(settings, model, tokenizer, device, models.model_hash(path))

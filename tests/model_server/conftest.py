@@ -102,8 +102,13 @@ class Served:
 
 
 def small_limits() -> ModelServerSettings:
+    # fp32 whatever the CPU: the tests compare served tokens and logprobs with peft's fp32 models.
     return ModelServerSettings(
-        max_input_tokens=256, max_total_tokens=512, max_batch_size=16, max_resident_adapters=16
+        max_input_tokens=256,
+        max_total_tokens=512,
+        max_batch_size=16,
+        max_resident_adapters=16,
+        dtype="float32",
     )
 
 

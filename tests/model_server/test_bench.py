@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from loraswarm.bench.serving import (
     AdapterFigures,
     Options,
@@ -12,6 +14,7 @@ from loraswarm.bench.serving import (
     markdown,
     workload,
 )
+from loraswarm.shared.settings import Settings
 
 
 def test_the_workload_is_open_loop_over_distinct_adapters() -> None:
@@ -71,3 +74,20 @@ def test_the_report_states_every_goal() -> None:
         "% of peak",
     ):
         assert needle in text, needle
+
+
+def test_bench_dtype_runs_both_formats_on_one_workload_and_reports_their_ratio(tmp_path: Path) -> None:
+    from loraswarm.bench import dtype
+
+    options = dtype.Options(requests=2, prompt_tokens=40, new_tokens=4)
+    report = dtype.run(Settings(), options)
+    assert [r.dtype for r in report.runs] == ["float32", "bfloat16"]
+    for r in report.runs:
+        assert r.prompt_tokens >= 2 * 40 and r.prefill_seconds > 0 and r.steps >= 3
+        assert all(1 <= len(t) <= 4 for t in r.tokens)  # an end-of-text token may come first
+    assert 0 <= report.agreement <= 1
+    out = tmp_path / "BENCHMARKS.md"
+    dtype.write(report, out)
+    text = out.read_text()
+    assert "<!-- bench:dtype -->" in text and "| float32 |" in text and "| bfloat16 |" in text
+    assert "bf16 / fp32: prefill" in text

@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import torch
 
 from loraswarm.shared import models
 from loraswarm.shared.settings import Settings
@@ -45,3 +46,21 @@ def test_loading_and_wrapping_an_adapter_is_quiet(capfd: pytest.CaptureFixture[s
         get_peft_model(model, LoraConfig(r=2, target_modules=["q_proj"]))
     assert not [w for w in caught if "is_gradient_checkpointing" in str(w.message)]
     assert "Loading weights" not in capfd.readouterr().err
+
+
+@pytest.mark.parametrize(("wanted", "dtype"), [("float32", torch.float32), ("bfloat16", torch.bfloat16)])
+def test_the_serving_number_format_is_the_one_asked_for(wanted: str, dtype: torch.dtype) -> None:
+    settings = Settings(device="cpu")
+    settings.model_server.dtype = wanted  # type: ignore[assignment]
+    assert models.serving_device(settings) == models.Device("cpu", dtype)
+
+
+def test_auto_serves_bf16_on_a_cpu_only_where_it_computes_bf16_natively() -> None:
+    settings = Settings(device="cpu")
+    native = models.native_cpu_bf16()
+    # What this machine's CPU reports itself (torch emulates bf16 slowly on a CPU without it).
+    flags = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
+    if flags:
+        assert native == (" avx512_bf16" in flags or " amx_tile" in flags)
+    expected = torch.bfloat16 if native else torch.float32
+    assert models.serving_device(settings) == models.Device("cpu", expected)

@@ -42,7 +42,10 @@ def settings(tmp_path: Path, kafka_bootstrap: str) -> Settings:
     settings = small(isolated_settings("kafka", tmp_path, kafka_bootstrap))
     settings.orchestration.tenants_dir = tmp_path / "tenants-config"
     settings.device = "cpu"
-    settings.model_server = ModelServerSettings(max_input_tokens=256, max_total_tokens=512, max_batch_size=8)
+    # fp32 whatever the CPU: a 6-step adapter must move logprobs by more than bf16 rounds away.
+    settings.model_server = ModelServerSettings(
+        max_input_tokens=256, max_total_tokens=512, max_batch_size=8, dtype="float32"
+    )
     return settings
 
 

@@ -1,4 +1,5 @@
-"""`loraswarm bench serving`: the model server against peft baselines (see loraswarm/bench/serving.py)."""
+"""`loraswarm bench serving` (the model server against peft baselines, see loraswarm/bench/serving.py) and
+`loraswarm bench dtype` (its engine in fp32 and bf16, see loraswarm/bench/dtype.py)."""
 
 from __future__ import annotations
 
@@ -49,5 +50,22 @@ def bench_serving(
     console.print(f"written to {out}")
 
 
+def bench_dtype(
+    requests: int = typer.Option(8, "--requests", "-n", help="Prompts arriving at once."),
+    prompt_tokens: int = typer.Option(480, "--prompt-tokens", help="Tokens of each prompt."),
+    new_tokens: int = typer.Option(48, "--new-tokens", help="Greedy new tokens of each request."),
+    threads: int = typer.Option(0, "--threads", help="CPU threads (0: torch's default)."),
+    out: Path = typer.Option(Path("BENCHMARKS.md"), "--out", help="Markdown file to update."),
+) -> None:
+    """The model server's engine in fp32 and in bf16 on this CPU: prefill, decode step, agreement."""
+    from loraswarm.bench.dtype import Options, run, write
+
+    options = Options(requests=requests, prompt_tokens=prompt_tokens, new_tokens=new_tokens, threads=threads)
+    report = run(Settings(), options)
+    console.print(write(report, out))
+    console.print(f"written to {out}")
+
+
 def register(app: typer.Typer, bench: typer.Typer) -> None:
     bench.command("serving")(bench_serving)
+    bench.command("dtype")(bench_dtype)
