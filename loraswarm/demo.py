@@ -319,6 +319,7 @@ def show(
 
 def run_demo(examples: Path, data_dir: Path | None, steps: int, console: Console) -> None:
     from loraswarm.shared.tracing import configure_tracing
+    from loraswarm.shared.vectorstore import close_shared
 
     started = time.monotonic()
     questions = check_examples(examples)
@@ -346,6 +347,7 @@ def run_demo(examples: Path, data_dir: Path | None, steps: int, console: Console
         outcomes = asyncio.run(ask_all(settings, questions))
         answered_s = time.monotonic() - asked
     provider.force_flush()
+    close_shared()
     for question, outcome in zip(questions, outcomes.values(), strict=True):
         show(console, settings, question, outcome)
     done = sum(isinstance(o, RecommendationCompleted) for o in outcomes.values())

@@ -200,8 +200,14 @@ class EventBus:
             else make_broker(settings, service=service)
         )
         self._stack: AsyncExitStack | None = None
+        self._on_stop: list[Callable[[], Awaitable[object]]] = []
 
     # ------------------------------------------------------------------ wiring
+
+    def on_stop(self, close: Callable[[], Awaitable[object]]) -> None:
+        """Close something the handlers use (an HTTP client) when the bus stops, once the last
+        handler has finished; last registered, first closed."""
+        self._on_stop.append(close)
 
     def topic(self, name: str) -> str:
         return prefixed(name, self.settings.kafka.topic_prefix)
@@ -368,6 +374,8 @@ class EventBus:
         if self._stack is not None:
             await self._stack.aclose()
             self._stack = None
+            for close in reversed(self._on_stop):
+                await close()
         self.processed.close()
 
     async def __aenter__(self) -> Self:

@@ -726,6 +726,16 @@ def shared_store(settings: Settings) -> VectorStore:
         return _shared[key]  # type: ignore[no-any-return]
 
 
+def close_shared() -> None:
+    """Close this process's shared connections (before an embedded Weaviate stops at exit, so that
+    neither the client nor its sockets are left to the garbage collector's warnings)."""
+    with _shared_lock:
+        stores = [v for v in _shared.values() if isinstance(v, VectorStore)]
+        _shared.clear()
+    for store in stores:
+        store.close()
+
+
 def retriever(settings: Settings) -> Retriever:
     """This process's `Retriever` for these settings (connected and loaded once, then shared)."""
     key = "retriever:" + settings.retrieval.model_dump_json() + settings.device
@@ -775,6 +785,7 @@ __all__ = [
     "WriteFailed",
     "chunk_uuid",
     "chunks_in_scope",
+    "close_shared",
     "connect",
     "embedded_binary",
     "load_embedder",  # re-exported: the library API's callers need the model too

@@ -41,11 +41,14 @@ class PlannerService:
 def build(settings: Settings, *, llm: PrimaryLLM | None = None) -> PlannerService:
     bus = EventBus(settings, service="planner")
     store: StateStore = KafkaStateStore(settings) if settings.broker == "kafka" else MemoryStateStore()
+    if llm is None:
+        llm = PrimaryLLM(settings.orchestration)
+        bus.on_stop(llm.aclose)
     planner = Planner(
         settings.orchestration,
         bus.publish,
         store,
-        llm or PrimaryLLM(settings.orchestration),
+        llm,
         TenantRegistry(settings.orchestration.tenants_dir),
         SecretRegistry(settings.data_dir),
     )

@@ -31,12 +31,18 @@ class PrimaryLLM:
 
     def __init__(self, settings: OrchestrationSettings, client: AsyncOpenAI | None = None) -> None:
         self.settings = settings
+        self._owns_client = client is None
         self.client = client or AsyncOpenAI(
             base_url=settings.primary_llm_base_url,
             api_key=settings.primary_llm_api_key.get_secret_value(),
             timeout=settings.llm_timeout_s,
             max_retries=0,  # the planner has its own deadline; retries are its decision
         )
+
+    async def aclose(self) -> None:
+        """Close the HTTP client this object opened (one handed in belongs to its caller)."""
+        if self._owns_client:
+            await self.client.close()
 
     async def complete_json(
         self,

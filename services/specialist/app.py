@@ -35,6 +35,13 @@ def build(settings: Settings) -> EventBus:
             )
         return clients[tenant_id]
 
+    async def close_clients() -> None:
+        for client in clients.values():
+            await client.close()  # type: ignore[no-untyped-call]  # untyped in huggingface_hub
+        clients.clear()
+
+    bus.on_stop(close_clients)
+
     async def retrieve(task: SpecialistTask, spec: SpecialistConfig) -> list[Passage]:
         """More of the tenant's passages, for this specialist's question and sources."""
         return await asyncio.to_thread(

@@ -182,3 +182,23 @@ async def test_handler_output_is_derived_so_reruns_repeat_the_same_ids(settings:
     assert first.event_id == again.event_id
     assert first.request_id == request.request_id and first.causation_id == request.event_id
     assert request.caused(RetrievalRequested, index=1, query="q").event_id != first.event_id
+
+
+async def test_what_the_handlers_use_is_closed_when_the_bus_stops(settings: Settings) -> None:
+    bus = EventBus(settings, service="test")
+    log: list[str] = []
+
+    @bus.consumer(RetrievalRequested, group="closing")
+    async def handle(event: RetrievalRequested) -> None:
+        log.append("handled")
+
+    async def close(name: str) -> None:
+        log.append(f"closed {name}")
+
+    bus.on_stop(lambda: close("first"))
+    bus.on_stop(lambda: close("second"))
+    async with bus:
+        await bus.publish(RetrievalRequested(tenant_id="acme", query="q"))
+        await until(lambda: "handled" in log)
+        assert log == ["handled"]  # nothing closed while the bus runs
+    assert log == ["handled", "closed second", "closed first"]

@@ -100,11 +100,14 @@ async def test_a_specialist_killed_mid_task_answers_after_restart(
                 second.send_signal(signal.SIGTERM)
                 second.wait(timeout=30)
 
-    assert {r.event_id for r in results} == {
+    # The task's own result (a hand-off the model may choose answers under a task of its own);
+    # redelivered, it carries the same id, so the planner counts it once.
+    own = [r for r in results if r.task_id == task.event_id]
+    assert {r.event_id for r in own} == {
         task.caused(SpecialistResult, specialist="policy", task_id=task.event_id).event_id
     }
-    (result,) = {r.event_id: r for r in results}.values()
-    assert result.task_id == task.event_id
+    result = own[0]
+    assert {r.task_id for r in results} <= {task.event_id, *(h.task_id for h in result.handoffs)}
     assert result.adapter_ids == ["acme/company"]
     assert result.error is None, result.error
     assert result.usage.output_tokens > 0
