@@ -146,9 +146,16 @@ def train_request_id(examples: Path, tenant: str, name: str, steps: int) -> uuid
 
 
 def train(
-    settings: Settings, examples: Path, questions: list[Question], steps: int, console: Console
+    settings: Settings,
+    examples: Path,
+    questions: list[Question],
+    steps: int,
+    console: Console,
+    *,
+    retrain: bool = False,
 ) -> list[str]:
-    """Train each company's and user's adapter, or reuse the one already published for the same data."""
+    """Train each company's and user's adapter, or reuse the one already published (or the verdict
+    that refused it) for the same data; `retrain` trains every one again."""
     from loraswarm.services.trainer.pipeline import Published, Trainer
 
     trainer = Trainer(settings)
@@ -176,8 +183,8 @@ def train(
             )
             # The same request on the same data was published, or refused, by an earlier run: the
             # trainer answers with that outcome instead of training again (~2 min an adapter).
-            before = trainer.published_for(request) or trainer.refused_for(request)
-            outcome = before or trainer.run(request, progress=sink)
+            before = None if retrain else trainer.published_for(request) or trainer.refused_for(request)
+            outcome = before or trainer.run(request, progress=sink, again=retrain)
             progress.update(task, completed=steps, total=steps)
             if isinstance(outcome, Published):
                 done = "reused (same data and steps as before)" if before else "published"
@@ -317,7 +324,9 @@ def show(
         console.print(f"[dim](no trace: {exc})[/dim]")
 
 
-def run_demo(examples: Path, data_dir: Path | None, steps: int, console: Console) -> None:
+def run_demo(
+    examples: Path, data_dir: Path | None, steps: int, console: Console, *, retrain: bool = False
+) -> None:
     from loraswarm.shared.tracing import configure_tracing
     from loraswarm.shared.vectorstore import close_shared
 
@@ -336,7 +345,7 @@ def run_demo(examples: Path, data_dir: Path | None, steps: int, console: Console
     console.print(
         f"training on the small example data: min_train_tokens lowered to {settings.trainer.min_train_tokens}"
     )
-    for line in train(settings, examples, questions, steps, console):
+    for line in train(settings, examples, questions, steps, console, retrain=retrain):
         console.print(line)
     engine: list[EngineStats] = []
     with model_server(settings, engine) as url:

@@ -175,16 +175,19 @@ class Trainer:
         *,
         progress: ProgressSink | None = None,
         stop: threading.Event | None = None,
+        again: bool = False,
     ) -> Outcome:
         """Train, evaluate, gate and publish; every refusal comes back as a `Rejection`.
 
-        The caller holds the adapter's lock (`locks.acquire`). `Cancelled` propagates: a stopped
-        job has no outcome yet.
+        A request published or refused before gets that outcome back without training, unless
+        `again` (a deliberate retrain: its outcome is kept in place of the old one). The caller
+        holds the adapter's lock (`locks.acquire`). `Cancelled` propagates: a stopped job has no
+        outcome yet.
         """
         adapter_id = f"{request.tenant_id}/{request.name}"
         metrics: dict[str, float] = {}
         try:
-            done = self.published_for(request) or self.refused_for(request)
+            done = None if again else self.published_for(request) or self.refused_for(request)
             if done is not None:
                 return done
             defaults = self.settings.trainer.defaults

@@ -127,3 +127,7 @@ def refused_twice(settings: Settings, examples: Path, console: Console) -> None:
     assert first and all(re.search(r" rejected \((nan_loss|quality_regression)\): ", x) for x in first), first
     again = train(settings, examples, questions, 4, console)
     assert again == [f"{line} (refused before, same data and steps)" for line in first]
+    # `--retrain` trains them anyway: a fresh verdict, not the kept one.
+    retrained = train(settings, examples, questions, 4, console, retrain=True)
+    assert len(retrained) == len(first) and not any("refused before" in line for line in retrained)
+    assert all(re.search(r" rejected \((nan_loss|quality_regression)\): ", x) for x in retrained)

@@ -184,6 +184,10 @@ def test_a_verdict_on_the_adapter_is_kept_and_a_refusal_of_the_moment_is_not(tra
     again = trainer.run(exploding, progress=sink)
     assert again == first and len(steps) == trained  # nothing trained the second time
     assert trainer.refused_for(exploding) == first
+    # Unless asked to train again (`loraswarm demo --retrain`).
+    retried = trainer.run(exploding, progress=sink, again=True)
+    assert isinstance(retried, Rejection) and retried.code == "nan_loss" and len(steps) > trained
+    trained = len(steps)
     # Another request for the same adapter is judged on its own.
     other = exploding.model_copy(update={"event_id": uuid.uuid4()})
     assert trainer.refused_for(other) is None

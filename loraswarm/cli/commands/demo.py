@@ -16,13 +16,18 @@ def demo(
         None, "--data-dir", help="Where the demo keeps its state (default: ~/.cache/loraswarm/demo)."
     ),
     steps: int = typer.Option(20, "--steps", min=1, help="Training steps per adapter (first run only)."),
+    retrain: bool = typer.Option(
+        False,
+        "--retrain",
+        help="Train every adapter again, even one published or refused before for the same data.",
+    ),
 ) -> None:
     """Ingest the example tenants, train or reuse their adapters, and answer one question per tenant and user."""
     from loraswarm.demo import DemoError, run_demo
     from loraswarm.shared.vectorstore import VectorStoreUnavailable
 
     try:
-        run_demo(examples, data_dir, steps, console)
+        run_demo(examples, data_dir, steps, console, retrain=retrain)
     except (DemoError, VectorStoreUnavailable) as exc:
         console.print(f"[red]{exc}[/red]")
         raise typer.Exit(1) from exc
