@@ -183,8 +183,9 @@ def train(
             )
             # The same request on the same data was published, or refused, by an earlier run: the
             # trainer answers with that outcome instead of training again (~2 min an adapter).
-            before = None if retrain else trainer.published_for(request) or trainer.refused_for(request)
-            outcome = before or trainer.run(request, progress=sink, again=retrain)
+            before = None if retrain else trainer.decided(request)
+            # Looked up just above: `run` need not look again.
+            outcome = before or trainer.run(request, progress=sink, again=True)
             progress.update(task, completed=steps, total=steps)
             if isinstance(outcome, Published):
                 done = "reused (same data and steps as before)" if before else "published"

@@ -16,7 +16,6 @@ moves `current` with an atomic rename: a reader never sees half an adapter.
 
 from __future__ import annotations
 
-import os
 import re
 import shutil
 import tempfile
@@ -28,6 +27,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from loraswarm.shared.envelope import utc_now
+from loraswarm.shared.files import write_atomic
 
 _ID = re.compile(
     r"^(?P<tenant>[a-z0-9][a-z0-9_-]{0,62})/(?P<name>[A-Za-z0-9][A-Za-z0-9._-]{0,127}?)(@(?P<version>[0-9]+))?$"
@@ -158,10 +158,7 @@ class AdapterStore:
         return self.resolve(f"{manifest.tenant_id}/{manifest.name}@{version}")
 
     def _set_current(self, tenant: str, name: str, version: str) -> None:
-        folder = self._dir(tenant, name)
-        tmp = folder / f".current-{os.getpid()}"
-        tmp.write_text(version + "\n")
-        tmp.replace(folder / "current")
+        write_atomic(self._dir(tenant, name) / "current", version + "\n")
 
     def rollback(self, tenant: str, name: str, to: str | None = None) -> str:
         """Make an earlier version current (default: the one before the current)."""
@@ -187,11 +184,9 @@ class AdapterStore:
         return self._dir(tenant, name) / "refused" / f"{request_event_id}.json"
 
     def record_refusal(self, tenant: str, name: str, refusal: Refusal) -> None:
-        path = self._refusal_file(tenant, name, refusal.request_event_id)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}")
-        tmp.write_text(refusal.model_dump_json(indent=2))
-        tmp.replace(path)  # a reader never sees half a verdict
+        write_atomic(
+            self._refusal_file(tenant, name, refusal.request_event_id), refusal.model_dump_json(indent=2)
+        )
 
     def refusal(self, tenant: str, name: str, request_event_id: str) -> Refusal | None:
         try:

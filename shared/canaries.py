@@ -16,7 +16,6 @@ tenant deletes its sets with its adapters.
 
 from __future__ import annotations
 
-import os
 import shutil
 from collections.abc import Iterable
 from datetime import datetime
@@ -25,6 +24,7 @@ from pathlib import Path
 from pydantic import BaseModel, ConfigDict, Field
 
 from loraswarm.shared.envelope import utc_now
+from loraswarm.shared.files import write_atomic
 
 
 class CanarySet(BaseModel):
@@ -70,11 +70,7 @@ class CanaryRegistry:
         return self.root / tenant / f"{rest}.json"
 
     def register(self, canaries: CanarySet) -> None:
-        path = self._file(canaries.adapter_id)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}")
-        tmp.write_text(canaries.model_dump_json(indent=2))
-        tmp.replace(path)  # a reader never sees half a file
+        write_atomic(self._file(canaries.adapter_id), canaries.model_dump_json(indent=2))
 
     def all(self, tenant_id: str | None = None) -> list[CanarySet]:
         if not self.root.is_dir():

@@ -10,13 +10,18 @@ step, and the wall time of the whole burst; and how often bf16's greedy tokens e
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from loraswarm.bench.machine import describe
 from loraswarm.bench.report import write_section
 from loraswarm.shared.settings import Settings
+
+if TYPE_CHECKING:
+    from loraswarm.services.model_server.server import ModelServer
 
 WORDS = [
     "refund",
@@ -99,12 +104,9 @@ def prompts(options: Options) -> list[str]:
     ]
 
 
-async def _burst(server: object, texts: list[str], new_tokens: int) -> list[list[int]]:
+async def _burst(server: ModelServer, texts: list[str], new_tokens: int) -> list[list[int]]:
     from loraswarm.services.model_server.schemas import GenerateParameters
-    from loraswarm.services.model_server.server import ModelServer
     from loraswarm.services.model_server.validation import validate
-
-    assert isinstance(server, ModelServer)
 
     async def one(text: str) -> list[int]:
         valid = validate(
@@ -135,19 +137,17 @@ def measure(settings: Settings, dtype: str, options: Options) -> Run:
     try:
         texts = prompts(options)
         asyncio.run(_burst(server, texts[:1], 2))  # warm-up: first-call allocations
-        before = server.engine.stats
-        prefill0, steps0, step0 = before.prefill_seconds, before.steps, before.step_seconds
-        prompt0 = before.prompt_tokens
+        before = dataclasses.replace(server.engine.stats)  # the engine keeps counting in place
         started = time.perf_counter()
         tokens = asyncio.run(_burst(server, texts, options.new_tokens))
         wall = time.perf_counter() - started
-        stats = server.engine.stats
+        after = server.engine.stats
         return Run(
             dtype,
-            stats.prompt_tokens - prompt0,
-            stats.prefill_seconds - prefill0,
-            stats.steps - steps0,
-            stats.step_seconds - step0,
+            after.prompt_tokens - before.prompt_tokens,
+            after.prefill_seconds - before.prefill_seconds,
+            after.steps - before.steps,
+            after.step_seconds - before.step_seconds,
             wall,
             tokens,
         )

@@ -24,6 +24,7 @@ from typing import IO
 from loraswarm.services.trainer.errors import AlreadyTraining
 from loraswarm.shared.envelope import utc_now
 from loraswarm.shared.events import AdapterTrainRequested
+from loraswarm.shared.files import write_atomic
 
 
 @dataclass
@@ -95,11 +96,7 @@ class JobJournal:
         return cls(data_dir / "trainer" / "jobs")
 
     def add(self, request: AdapterTrainRequested) -> None:
-        self.root.mkdir(parents=True, exist_ok=True)
-        path = self.root / f"{request.event_id}.json"
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(request.model_dump_json())
-        tmp.replace(path)
+        write_atomic(self.root / f"{request.event_id}.json", request.model_dump_json())
 
     def remove(self, request: AdapterTrainRequested) -> None:
         (self.root / f"{request.event_id}.json").unlink(missing_ok=True)

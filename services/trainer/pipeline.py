@@ -187,7 +187,7 @@ class Trainer:
         adapter_id = f"{request.tenant_id}/{request.name}"
         metrics: dict[str, float] = {}
         try:
-            done = None if again else self.published_for(request) or self.refused_for(request)
+            done = None if again else self.decided(request)
             if done is not None:
                 return done
             defaults = self.settings.trainer.defaults
@@ -652,6 +652,11 @@ class Trainer:
         model = self._served(version)
         report = self._evaluate(job, model, data, own, stack, tokenizer, version.ref.id)
         return version, job.metrics, report
+
+    def decided(self, request: AdapterTrainRequested) -> Outcome | None:
+        """What this very request came to before: the version it published, or the verdict that
+        refused it; None if it was never decided."""
+        return self.published_for(request) or self.refused_for(request)
 
     def refused_for(self, request: AdapterTrainRequested) -> Rejection | None:
         """The verdict (quality, leakage, a diverging loss) that refused this very request before."""
