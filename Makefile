@@ -43,14 +43,13 @@ lint: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
-# mypy maps modules to folders by name; the package's folders (shared/, services/, deploy/local/)
+# mypy maps modules to folders by name; the package's folders (shared/, services/)
 # are mapped by setuptools instead, so mypy reads them through a tree of links named as imported.
 typecheck: install
 	@rm -rf $(TYPECHECK) && mkdir -p $(TYPECHECK)/loraswarm
 	@for f in loraswarm/*.py loraswarm/*/; do ln -s "$(CURDIR)/$${f%/}" $(TYPECHECK)/loraswarm/; done
 	@ln -s $(CURDIR)/shared $(TYPECHECK)/loraswarm/shared
 	@ln -s $(CURDIR)/services $(TYPECHECK)/loraswarm/services
-	@ln -s $(CURDIR)/deploy/local $(TYPECHECK)/loraswarm/infra
 	cd $(TYPECHECK) && $(CURDIR)/$(BIN)/mypy --config-file $(CURDIR)/pyproject.toml -p loraswarm
 	MYPYPATH=$(TYPECHECK) $(BIN)/mypy tests
 

@@ -112,7 +112,6 @@ def test_the_image_installs_every_service(tmp_path: Path) -> None:
         )
     # Every package of the source tree, under the name it is imported by.
     mapping = {"loraswarm": "loraswarm", "shared": "loraswarm/shared", "services": "loraswarm/services"}
-    mapping["deploy/local"] = "loraswarm/infra"
     missing = [
         f"{mapping[top]}/{init.parent.relative_to(context / top).as_posix()}".rstrip("/.")
         for top in mapping
@@ -125,8 +124,8 @@ def test_the_image_installs_every_service(tmp_path: Path) -> None:
     )
     # `loraswarm infra` builds Kafka and Jaeger from files beside its modules (pom.xml, go.mod, ...).
     infra_files = [
-        f"loraswarm/infra/{f.relative_to(context / 'deploy/local').as_posix()}"
-        for f in sorted((context / "deploy/local").rglob("*"))
+        f.relative_to(context).as_posix()
+        for f in sorted((context / "loraswarm/infra").rglob("*"))
         if f.is_file() and "__pycache__" not in f.parts
     ]
     assert "loraswarm/infra/kafka/pom.xml" in infra_files
