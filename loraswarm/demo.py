@@ -114,7 +114,8 @@ def ingest(settings: Settings, examples: Path, console: Console) -> int:
     from loraswarm.services.ingestion.files import FileOptions, discover, load_file
     from loraswarm.services.ingestion.pipeline import Indexer
     from loraswarm.shared.events import Document
-    from loraswarm.shared.vectorstore import load_embedder, shared_store
+    from loraswarm.shared.retrieval import load_embedder
+    from loraswarm.shared.vectorstore import shared_store
 
     indexer = Indexer(shared_store(settings), load_embedder(settings), settings.retrieval)
     jobs: list[tuple[str, Path, str]] = []
@@ -236,7 +237,7 @@ async def swarm(settings: Settings) -> AsyncIterator[EventBus]:
     from loraswarm.services.planner.app import running as planner_running
     from loraswarm.services.retriever.app import build as build_retriever
     from loraswarm.services.specialist.app import build as build_specialist
-    from loraswarm.shared.vectorstore import retriever
+    from loraswarm.shared.retrieval import retriever
 
     client = EventBus(settings, service="demo-client")
     async with (

@@ -1,4 +1,4 @@
-"""Weaviate, the one vector store: connection, the chunk collection, and tenant-scoped access.
+"""Weaviate, the one vector store: the chunk collection and tenant-scoped access to it.
 
 Layout: one collection (`settings.retrieval.collection`) with multi-tenancy on, one Weaviate
 tenant — one shard — per company. A chunk's object id is derived from (tenant, doc_id,
@@ -9,42 +9,26 @@ found and removed. Vectors are provided by us (`embeddings.py`), never by a Weav
 Privacy is enforced here, not by callers: every read names a tenant (so it only touches that
 tenant's shard) and a user (so `user:<id>` chunks reach only their owner).
 
-Errors, by level::
-
-    VectorStoreError               anything this module refuses or cannot do
-    ├── VectorStoreUnavailable     no connection (server down, embedded binary missing)
-    └── WriteFailed                Weaviate rejected some objects of a batch
-
-Connections: `connect(settings)` for a server (the local one, or production with API key and
-HTTPS/TLS gRPC) or, with `mode = "embedded"`, the locally built binary started from this process
-(`start_embedded`).
+The connection and its errors are in `weaviate_connection.py` (re-exported here: callers of the
+store catch them), the chunk record in `chunks.py`, search over the store in `retrieval.py`.
 """
 
 from __future__ import annotations
 
-import atexit
 import contextlib
-import hashlib
-import json
-import os
 import threading
-import uuid
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
-from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any, Literal
 
-from loraswarm.shared.embeddings import Embedder, load_embedder
-from loraswarm.shared.events import Citation, Passage
-from loraswarm.shared.settings import RetrievalSettings, Settings
-
-Visibility = str  # "company" or "user:<id>"
-COMPANY = "company"
-
-# A fixed namespace: the same chunk gets the same object id on every machine and every run.
-_CHUNK_NAMESPACE = uuid.UUID("0b8c3f4e-5a27-4f59-9d1e-6c0a7a3e2b41")
+from loraswarm.shared.chunks import COMPANY, ChunkRecord, Hit, chunk_uuid, user_visibility
+from loraswarm.shared.settings import Settings
+from loraswarm.shared.weaviate_connection import (
+    VectorStoreError,
+    VectorStoreUnavailable,
+    WriteFailed,
+    connect,
+)
 
 # Properties returned with every read (the vector is not: callers never need it back).
 _RETURNED = [
@@ -60,225 +44,6 @@ _RETURNED = [
     "media_type",
     "metadata",
 ]
-
-
-class VectorStoreError(Exception):
-    """The vector store refused or failed an operation; the message says what to do."""
-
-
-class VectorStoreUnavailable(VectorStoreError):
-    """No Weaviate to talk to."""
-
-
-class WriteFailed(VectorStoreError):
-    """Weaviate rejected objects of a batch (the first reasons are in the message)."""
-
-
-def user_visibility(user_id: str) -> Visibility:
-    return f"user:{user_id}"
-
-
-def chunk_uuid(tenant_id: str, doc_id: str, position: int) -> uuid.UUID:
-    """The object id of a chunk: the same input always gives the same id."""
-    return uuid.uuid5(_CHUNK_NAMESPACE, f"{tenant_id}\x1f{doc_id}\x1f{position}")
-
-
-@dataclass(frozen=True)
-class ChunkRecord:
-    """One chunk as stored: its text, where it came from, who may see it."""
-
-    doc_id: str  # the document (or record) the chunk belongs to
-    parent_id: str  # the submitted document; a CSV/JSON file's records share it
-    source: str
-    title: str
-    visibility: Visibility
-    heading: str
-    text: str
-    position: int  # index of the chunk inside `doc_id`
-    version: str  # content hash of the submitted document it was cut from
-    media_type: str = "text/plain"
-    metadata: dict[str, Any] = field(default_factory=dict)
-
-    def properties(self) -> dict[str, Any]:
-        return {
-            "text": self.text,
-            "doc_id": self.doc_id,
-            "parent_id": self.parent_id,
-            "source": self.source,
-            "title": self.title,
-            "heading": self.heading,
-            "visibility": self.visibility,
-            "position": self.position,
-            "version": self.version,
-            "media_type": self.media_type,
-            "metadata": json.dumps(self.metadata, default=str, sort_keys=True),
-            "indexed_at": datetime.now(UTC),
-        }
-
-    @classmethod
-    def from_properties(cls, props: dict[str, Any]) -> ChunkRecord:
-        try:
-            metadata = json.loads(props.get("metadata") or "{}")
-        except ValueError:
-            metadata = {}
-        return cls(
-            doc_id=str(props.get("doc_id", "")),
-            parent_id=str(props.get("parent_id", "")),
-            source=str(props.get("source", "")),
-            title=str(props.get("title") or ""),
-            visibility=str(props.get("visibility", COMPANY)),
-            heading=str(props.get("heading") or ""),
-            text=str(props.get("text") or ""),
-            position=int(props.get("position") or 0),
-            version=str(props.get("version") or ""),
-            media_type=str(props.get("media_type") or "text/plain"),
-            metadata=metadata if isinstance(metadata, dict) else {},
-        )
-
-
-@dataclass(frozen=True)
-class Hit:
-    chunk: ChunkRecord
-    score: float
-
-
-# ---------------------------------------------------------------- connection
-
-
-def connect(settings: Settings) -> Any:
-    """A connected `weaviate.WeaviateClient` for these settings (close it when done)."""
-    import weaviate
-    from pydantic import ValidationError
-    from weaviate.classes.init import AdditionalConfig, Auth, Timeout
-    from weaviate.exceptions import WeaviateBaseError
-
-    cfg = settings.retrieval.weaviate
-    config = AdditionalConfig(timeout=Timeout(query=cfg.timeout_s, insert=cfg.timeout_s, init=10))
-    try:
-        if cfg.mode == "embedded":
-            port, grpc_port = start_embedded(settings)
-            return weaviate.connect_to_local(
-                host="127.0.0.1", port=port, grpc_port=grpc_port, additional_config=config
-            )
-        return weaviate.connect_to_custom(
-            http_host=cfg.http_host,
-            http_port=cfg.http_port,
-            http_secure=cfg.http_secure,
-            grpc_host=cfg.grpc_host or cfg.http_host,
-            grpc_port=cfg.grpc_port,
-            grpc_secure=cfg.grpc_secure,
-            auth_credentials=Auth.api_key(cfg.api_key.get_secret_value()) if cfg.api_key else None,
-            additional_config=config,
-            skip_init_checks=cfg.skip_init_checks,
-        )
-    except ValidationError as exc:  # the client validates its connection parameters with pydantic
-        raise VectorStoreError(
-            f"invalid Weaviate connection settings (LORASWARM_RETRIEVAL__WEAVIATE__*): {exc.errors()[0]['msg']}"
-        ) from exc
-    except WeaviateBaseError as exc:
-        where = (
-            f"embedded on port {cfg.embedded_port}"
-            if cfg.mode == "embedded"
-            else f"{'https' if cfg.http_secure else 'http'}://{cfg.http_host}:{cfg.http_port}"
-            f" (gRPC {cfg.grpc_host or cfg.http_host}:{cfg.grpc_port})"
-        )
-        raise VectorStoreUnavailable(
-            f"cannot reach Weaviate {where}: {' '.join(str(exc).split())} Locally: "
-            "`loraswarm infra up weaviate`; "
-            "elsewhere set LORASWARM_RETRIEVAL__WEAVIATE__HTTP_HOST/GRPC_HOST/API_KEY."
-        ) from exc
-
-
-def embedded_binary(settings: Settings) -> Path:
-    """The weaviate-server binary that embedded mode runs (built by `loraswarm infra up weaviate`)."""
-    configured = settings.retrieval.weaviate.embedded_binary
-    if configured is not None:
-        return configured
-    infra = settings.infra
-    return infra.home / "bin" / f"weaviate-v{infra.weaviate_version}" / "weaviate-server"
-
-
-def embedded_binary_dir(settings: Settings) -> Path:
-    """Where the weaviate client's embedded mode looks for its binary.
-
-    The client runs `<binary_path>/weaviate-v<ver>-<sha256("v<ver>")>` when that file exists and
-    downloads a release otherwise; a link there to our own build means it never downloads.
-    """
-    version = settings.infra.weaviate_version
-    folder = settings.infra.home / "weaviate-embedded"
-    name = f"weaviate-v{version}-{hashlib.sha256(f'v{version}'.encode()).hexdigest()}"
-    source = embedded_binary(settings)
-    if not source.is_file():
-        raise VectorStoreUnavailable(
-            f"embedded Weaviate runs the locally built binary {source}, which is missing: "
-            "run `loraswarm infra up weaviate` once (it builds it), or set "
-            "LORASWARM_RETRIEVAL__WEAVIATE__EMBEDDED_BINARY."
-        )
-    folder.mkdir(parents=True, exist_ok=True)
-    link = folder / name
-    if not link.exists() or link.resolve() != source.resolve():
-        tmp = folder / f".{name}.{os.getpid()}"
-        tmp.unlink(missing_ok=True)
-        tmp.symlink_to(source.resolve())
-        tmp.replace(link)  # atomic: a concurrent starter never sees a half-made link
-    return folder
-
-
-_embedded: dict[tuple[int, int], Any] = {}
-_embedded_lock = threading.Lock()
-
-
-def start_embedded(settings: Settings) -> tuple[int, int]:
-    """Start the embedded Weaviate once per process (reused after); its (REST, gRPC) ports.
-
-    It runs the locally built binary with its data in `embedded_data_dir` and stops when the
-    process exits (or `stop_embedded()`). When something already listens on both ports — the
-    same Weaviate started by another process of this machine — that one is used.
-    """
-    import weaviate
-    from weaviate.exceptions import WeaviateStartUpError
-
-    cfg = settings.retrieval.weaviate
-    ports = (cfg.embedded_port, cfg.embedded_grpc_port)
-    with _embedded_lock:
-        if ports in _embedded:
-            return ports
-        data = cfg.embedded_data_dir or settings.data_dir / "weaviate"
-        try:
-            owner = weaviate.connect_to_embedded(
-                hostname="127.0.0.1",
-                port=ports[0],
-                grpc_port=ports[1],
-                version=settings.infra.weaviate_version,
-                binary_path=str(embedded_binary_dir(settings)),
-                persistence_data_path=str(data),
-                environment_variables={
-                    "DEFAULT_VECTORIZER_MODULE": "none",
-                    "DISABLE_TELEMETRY": "true",
-                    # Its logs go to this process's terminal: errors only. Its debug listener
-                    # (:6060) would collide with the local Weaviate server's, so it is off.
-                    "LOG_LEVEL": "error",
-                    "GO_PROFILING_DISABLE": "true",
-                },
-            )
-        except WeaviateStartUpError as exc:
-            if "already listening on ports" not in str(exc):
-                raise VectorStoreUnavailable(f"embedded Weaviate did not start: {exc}") from exc
-            owner = None  # another process's embedded Weaviate serves these ports
-        _embedded[ports] = owner
-        return ports
-
-
-def stop_embedded() -> None:
-    """Stop the embedded Weaviate this process started, if any."""
-    with _embedded_lock:
-        for owner in _embedded.values():
-            if owner is not None:
-                owner.close()  # closing the owning client stops its server process
-        _embedded.clear()
-
-
-atexit.register(stop_embedded)
 
 
 # ---------------------------------------------------------------- the collection
@@ -668,51 +433,6 @@ class VectorStore:
             return
 
 
-# ---------------------------------------------------------------- the library API
-
-
-class Retriever:
-    """Tenant-scoped hybrid search, returning the `Passage`s that events and prompts carry."""
-
-    def __init__(self, store: VectorStore, embedder: Embedder, settings: RetrievalSettings) -> None:
-        self.store = store
-        self.embedder = embedder
-        self.settings = settings
-
-    def search(
-        self,
-        tenant_id: str,
-        query: str,
-        *,
-        user_id: str | None = None,
-        k: int | None = None,
-        alpha: float | None = None,
-        sources: Sequence[str] = (),
-    ) -> list[Passage]:
-        vector = self.embedder.encode_queries([query])[0]  # (D,)
-        hits = self.store.hybrid(
-            tenant_id,
-            query,
-            vector.tolist(),
-            user_id=user_id,
-            k=k or self.settings.default_k,
-            alpha=self.settings.default_alpha if alpha is None else alpha,
-            sources=sources,
-        )
-        return [passage_of(hit) for hit in hits]
-
-
-def passage_of(hit: Hit) -> Passage:
-    chunk = hit.chunk
-    return Passage(
-        text=chunk.text,
-        score=hit.score,
-        citation=Citation(
-            doc_id=chunk.doc_id, source=chunk.source, title=chunk.title, position=chunk.position
-        ),
-    )
-
-
 _shared: dict[str, Any] = {}
 _shared_lock = threading.Lock()
 
@@ -736,64 +456,11 @@ def close_shared() -> None:
         store.close()
 
 
-def retriever(settings: Settings) -> Retriever:
-    """This process's `Retriever` for these settings (connected and loaded once, then shared)."""
-    key = "retriever:" + settings.retrieval.model_dump_json() + settings.device
-    store = shared_store(settings)
-    embedder = load_embedder(settings)
-    with _shared_lock:
-        if key not in _shared:
-            _shared[key] = Retriever(store, embedder, settings.retrieval)
-        return _shared[key]  # type: ignore[no-any-return]
-
-
-def search(
-    settings: Settings,
-    tenant_id: str,
-    user_id: str | None,
-    query: str,
-    k: int | None = None,
-    alpha: float | None = None,
-    sources: Sequence[str] = (),
-) -> list[Passage]:
-    """Hybrid search over what `user_id` may see in `tenant_id`'s data (for planner and specialists).
-
-    Company chunks and the user's own private chunks; never another tenant's shard, never another
-    user's private chunks.
-    """
-    return retriever(settings).search(tenant_id, query, user_id=user_id, k=k, alpha=alpha, sources=sources)
-
-
-def chunks_in_scope(
-    settings: Settings, tenant_id: str, user_id: str | None = None, sources: Sequence[str] = ()
-) -> Iterator[ChunkRecord]:
-    """Training data for the trainer: a tenant's company-visible chunks (`user_id` None), or one
-    user's private chunks only (`user_id` given) — never both, so a company adapter learns
-    nothing private and a user's adapter nothing of another user."""
-    scope = user_visibility(user_id) if user_id else COMPANY
-    return shared_store(settings).chunks(tenant_id, scope=scope, sources=sources)
-
-
 __all__ = [
-    "COMPANY",
-    "ChunkRecord",
-    "Hit",
-    "Retriever",
     "VectorStore",
     "VectorStoreError",
     "VectorStoreUnavailable",
     "WriteFailed",
-    "chunk_uuid",
-    "chunks_in_scope",
     "close_shared",
-    "connect",
-    "embedded_binary",
-    "load_embedder",  # re-exported: the library API's callers need the model too
-    "passage_of",
-    "retriever",
-    "search",
     "shared_store",
-    "start_embedded",
-    "stop_embedded",
-    "user_visibility",
 ]

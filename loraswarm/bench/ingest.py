@@ -33,11 +33,13 @@ import numpy as np
 from loraswarm.bench.machine import describe
 from loraswarm.bench.report import percentile, write_section
 from loraswarm.services.ingestion.pipeline import Indexer
+from loraswarm.shared.chunks import COMPANY, ChunkRecord
 from loraswarm.shared.embeddings import Embedder, load_embedder
 from loraswarm.shared.events import Document
 from loraswarm.shared.models import pick_device
+from loraswarm.shared.retrieval import Retriever
 from loraswarm.shared.settings import Settings
-from loraswarm.shared.vectorstore import COMPANY, ChunkRecord, Retriever, VectorStore
+from loraswarm.shared.vectorstore import VectorStore
 
 Log = Callable[[str], object]
 

@@ -115,7 +115,7 @@ def build_prompt(question: EvalQuestion, passages: list[Passage]) -> str:
 async def _direct(
     condition: Condition, q: EvalQuestion, ctx: EvalContext, client: AsyncInferenceClient
 ) -> Answer:
-    from loraswarm.shared.vectorstore import search
+    from loraswarm.shared.retrieval import search
 
     answer = Answer(q.id, condition.name)
     stack = adapter_stack(condition, q, ctx)

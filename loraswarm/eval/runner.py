@@ -115,7 +115,8 @@ def ingest(settings: Settings, corpus: Path, tenants: list[str]) -> int:
     from loraswarm.services.ingestion.files import FileOptions, discover, load_file
     from loraswarm.services.ingestion.pipeline import Indexer
     from loraswarm.shared.events import Document
-    from loraswarm.shared.vectorstore import load_embedder, shared_store
+    from loraswarm.shared.retrieval import load_embedder
+    from loraswarm.shared.vectorstore import shared_store
 
     store = shared_store(settings)
     indexer = Indexer(store, load_embedder(settings), settings.retrieval)

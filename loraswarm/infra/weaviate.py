@@ -20,7 +20,7 @@ _GO_HINT = "install Go 1.24 or newer (https://go.dev/doc/install or `apt-get ins
 
 
 def binary(infra: InfraSettings) -> Path:
-    return infra.home / "bin" / f"weaviate-v{infra.weaviate_version}" / "weaviate-server"
+    return infra.weaviate_binary
 
 
 def process(infra: InfraSettings) -> ManagedProcess:

@@ -26,10 +26,11 @@ from dataclasses import dataclass, field
 
 from loraswarm.services.ingestion.chunking import chunk_sections
 from loraswarm.services.ingestion.parsing import Unparseable, media_type_of, parse, raw_bytes
+from loraswarm.shared.chunks import ChunkRecord
 from loraswarm.shared.embeddings import Embedder
 from loraswarm.shared.events import Document, DocumentFailure
 from loraswarm.shared.settings import RetrievalSettings
-from loraswarm.shared.vectorstore import ChunkRecord, VectorStore
+from loraswarm.shared.vectorstore import VectorStore
 
 
 @dataclass

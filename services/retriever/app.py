@@ -18,9 +18,10 @@ from weaviate.exceptions import WeaviateBaseError
 from loraswarm.shared.bus import EventBus
 from loraswarm.shared.embeddings import load_embedder
 from loraswarm.shared.events import RetrievalCompleted, RetrievalRequested
+from loraswarm.shared.retrieval import Retriever
 from loraswarm.shared.settings import Settings
 from loraswarm.shared.tracing import configure_tracing
-from loraswarm.shared.vectorstore import Retriever, VectorStore, VectorStoreError
+from loraswarm.shared.vectorstore import VectorStore, VectorStoreError
 
 log = logging.getLogger("loraswarm.retriever")
 

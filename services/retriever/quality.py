@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from loraswarm.shared.events import Document
-from loraswarm.shared.vectorstore import Retriever
+from loraswarm.shared.retrieval import Retriever
 
 MODES: dict[str, float] = {"hybrid": 0.5, "bm25": 0.0, "vector": 1.0}  # name -> alpha
 

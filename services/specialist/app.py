@@ -11,10 +11,10 @@ from huggingface_hub import AsyncInferenceClient
 from loraswarm.services.specialist.agent import run_task
 from loraswarm.shared.bus import EventBus
 from loraswarm.shared.events import Passage, SpecialistResult, SpecialistTask
+from loraswarm.shared.retrieval import search
 from loraswarm.shared.settings import Settings
 from loraswarm.shared.tenants import SpecialistConfig, TenantRegistry
 from loraswarm.shared.tracing import configure_tracing, trace_inference_clients
-from loraswarm.shared.vectorstore import search
 
 GROUP = "specialist"
 

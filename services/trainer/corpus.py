@@ -2,7 +2,7 @@
 
 The trainer reads chunks the ingestion service indexed (continued pre-training on the tenant's
 own text). Scoping is done by the store: one tenant's shard, one visibility (`company` or
-`user:<id>`) — never both, never another tenant's shard (`shared/vectorstore.chunks_in_scope`).
+`user:<id>`) — never both, never another tenant's shard (`shared/retrieval.chunks_in_scope`).
 """
 
 from __future__ import annotations
@@ -52,10 +52,10 @@ class VectorStoreCorpus:
             raise Unavailable(f"cannot read the tenant's documents: {exc}") from exc
 
     def chunks(self, scope: Scope, sources: Sequence[str] = ()) -> Iterator[CorpusChunk]:
-        from loraswarm.shared import vectorstore
+        from loraswarm.shared import retrieval, vectorstore
 
         try:
-            for chunk in vectorstore.chunks_in_scope(self.settings, scope.tenant_id, scope.user_id, sources):
+            for chunk in retrieval.chunks_in_scope(self.settings, scope.tenant_id, scope.user_id, sources):
                 # The store filters by scope; checking again costs nothing and keeps a store bug
                 # from ever turning into a privacy bug.
                 if chunk.visibility != scope.visibility:

@@ -41,3 +41,8 @@ class InfraSettings(BaseModel):
     @property
     def logs_dir(self) -> Path:
         return self.run_dir / "logs"
+
+    @property
+    def weaviate_binary(self) -> Path:
+        """The weaviate-server that `infra up weaviate` builds and embedded mode runs (one path)."""
+        return self.home / "bin" / f"weaviate-v{self.weaviate_version}" / "weaviate-server"

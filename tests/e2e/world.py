@@ -21,8 +21,9 @@ from loraswarm.services.retriever.app import build as build_retriever
 from loraswarm.services.specialist.app import build as build_specialist
 from loraswarm.shared.adapter_store import AdapterStore
 from loraswarm.shared.events import Document
+from loraswarm.shared.retrieval import load_embedder, retriever
 from loraswarm.shared.settings import ModelServerSettings, Settings
-from loraswarm.shared.vectorstore import load_embedder, retriever, shared_store
+from loraswarm.shared.vectorstore import shared_store
 from tests.model_server.conftest import AdapterFactory, AdapterSpec
 from tests.planner.conftest import ACME, write_tenant
 from tests.processes import free_port

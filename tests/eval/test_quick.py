@@ -21,7 +21,7 @@ from typer.testing import CliRunner
 from loraswarm.cli import app
 from loraswarm.eval import conditions
 from loraswarm.services.model_server.server import ModelServer
-from loraswarm.shared.vectorstore import Retriever
+from loraswarm.shared.retrieval import Retriever
 
 pytestmark = pytest.mark.weaviate
 

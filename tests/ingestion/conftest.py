@@ -14,8 +14,9 @@ import pytest
 from loraswarm.infra import weaviate as local_weaviate
 from loraswarm.services.ingestion.pipeline import Indexer
 from loraswarm.shared.embeddings import SentenceEmbedder, load_embedder
+from loraswarm.shared.retrieval import Retriever
 from loraswarm.shared.settings import Settings
-from loraswarm.shared.vectorstore import Retriever, VectorStore
+from loraswarm.shared.vectorstore import VectorStore
 
 
 def unique_collection() -> str:

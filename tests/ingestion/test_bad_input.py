@@ -21,8 +21,9 @@ from loraswarm.shared.events import (
     DocumentsIndexed,
     DocumentsSubmitted,
 )
+from loraswarm.shared.retrieval import Retriever
 from loraswarm.shared.settings import Settings
-from loraswarm.shared.vectorstore import Retriever, VectorStore
+from loraswarm.shared.vectorstore import VectorStore
 from tests.ingestion.samples import doc, pdf_with_text, pdf_without_text
 from tests.shared.test_bus import until
 

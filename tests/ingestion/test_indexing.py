@@ -7,8 +7,10 @@ from pathlib import Path
 
 from loraswarm.services.ingestion.files import FileOptions, discover, load_file
 from loraswarm.services.ingestion.pipeline import Indexer, IndexReport
+from loraswarm.shared.chunks import chunk_uuid
 from loraswarm.shared.events import Document, DocumentFailure
-from loraswarm.shared.vectorstore import Retriever, VectorStore, chunk_uuid
+from loraswarm.shared.retrieval import Retriever
+from loraswarm.shared.vectorstore import VectorStore
 
 
 def ingest(indexer: Indexer, tenant: str, folder: Path, **options: str) -> IndexReport:

@@ -9,10 +9,11 @@ import pytest
 
 from loraswarm.infra import weaviate as local_weaviate
 from loraswarm.services.ingestion.pipeline import Indexer
-from loraswarm.shared import vectorstore
+from loraswarm.shared import weaviate_connection
 from loraswarm.shared.embeddings import SentenceEmbedder
+from loraswarm.shared.retrieval import Retriever
 from loraswarm.shared.settings import Settings
-from loraswarm.shared.vectorstore import Retriever, VectorStore, VectorStoreUnavailable
+from loraswarm.shared.vectorstore import VectorStore, VectorStoreUnavailable
 from tests.ingestion.samples import doc
 from tests.processes import free_ports
 
@@ -49,7 +50,7 @@ def test_embedded_weaviate_runs_the_local_binary(
         with VectorStore.open(settings) as again:
             assert again.count("acme") == 1
     finally:
-        vectorstore.stop_embedded()
+        weaviate_connection.stop_embedded()
     assert not listening(port), "the embedded server stops with its owner"
 
     folder = tmp_path / "home" / "weaviate-embedded"

@@ -16,11 +16,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from loraswarm.services.ingestion.pipeline import Indexer
-from loraswarm.shared import vectorstore
+from loraswarm.shared import retrieval
 from loraswarm.shared.embeddings import SentenceEmbedder
 from loraswarm.shared.events import Passage
+from loraswarm.shared.retrieval import Retriever
 from loraswarm.shared.settings import Settings
-from loraswarm.shared.vectorstore import Retriever, VectorStore
+from loraswarm.shared.vectorstore import VectorStore
 from tests.ingestion.conftest import unique_collection
 from tests.ingestion.samples import doc
 
@@ -133,13 +134,13 @@ def test_the_test_can_see_a_leak_if_there_were_one(three_tenants: Retriever, ten
 def test_library_api_search_and_training_scopes(three_tenants: Retriever) -> None:
     settings = Settings()
     settings.retrieval.collection = three_tenants.store.name
-    passages = vectorstore.search(settings, "globex", "bo", "performance review secret", k=10)
+    passages = retrieval.search(settings, "globex", "bo", "performance review secret", k=10)
     assert "globex/private-bo/review.txt" in {p.citation.doc_id for p in passages}
     assert_allowed(passages, "globex", "bo", [])
 
-    company = list(vectorstore.chunks_in_scope(settings, "globex"))
+    company = list(retrieval.chunks_in_scope(settings, "globex"))
     assert {c.doc_id for c in company} == {f"globex/{t}.md" for t in TOPICS} | {"globex/crm.txt"}
-    ada = list(vectorstore.chunks_in_scope(settings, "globex", "ada"))
+    ada = list(retrieval.chunks_in_scope(settings, "globex", "ada"))
     assert [c.doc_id for c in ada] == ["globex/private-ada/review.txt"]
-    assert list(vectorstore.chunks_in_scope(settings, "globex", "ada", sources=["wiki"])) == []
-    assert list(vectorstore.chunks_in_scope(settings, f"nobody-{uuid.uuid4().hex[:6]}")) == []
+    assert list(retrieval.chunks_in_scope(settings, "globex", "ada", sources=["wiki"])) == []
+    assert list(retrieval.chunks_in_scope(settings, f"nobody-{uuid.uuid4().hex[:6]}")) == []

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from loraswarm.services.ingestion.pipeline import Indexer
 from loraswarm.services.retriever.quality import LabelledSet, compare_modes, markdown
-from loraswarm.shared.vectorstore import Retriever
+from loraswarm.shared.retrieval import Retriever
 
 DATA = Path(__file__).parent / "data"
 

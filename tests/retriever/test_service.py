@@ -20,8 +20,9 @@ from loraswarm.shared.events import (
     RetrievalCompleted,
     RetrievalRequested,
 )
+from loraswarm.shared.retrieval import Retriever
 from loraswarm.shared.settings import Settings
-from loraswarm.shared.vectorstore import Retriever, VectorStore
+from loraswarm.shared.vectorstore import VectorStore
 from tests.conftest import isolated_settings
 from tests.ingestion.samples import doc
 from tests.shared.test_bus import until

@@ -203,8 +203,8 @@ def search(
     ),
 ) -> None:
     """Hybrid search in a tenant's shard: each passage with its citation and score."""
+    from loraswarm.shared.retrieval import search as run_search
     from loraswarm.shared.vectorstore import VectorStoreError
-    from loraswarm.shared.vectorstore import search as run_search
 
     settings = _settings(collection)
     try:
