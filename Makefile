@@ -9,7 +9,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 TYPECHECK := build/typecheck
 
-.PHONY: all install constraints infra infra-down models lint typecheck test demo bench clean
+.PHONY: all install constraints infra infra-down models lint tree typecheck test demo bench clean
 
 all: test
 
@@ -43,15 +43,15 @@ lint: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
-# mypy maps modules to folders by name; the package's folders (shared/, services/)
-# are mapped by setuptools instead, so mypy reads them through a tree of links named as imported.
-typecheck: install
-	@rm -rf $(TYPECHECK) && mkdir -p $(TYPECHECK)/loraswarm
-	@for f in loraswarm/*.py loraswarm/*/; do ln -s "$(CURDIR)/$${f%/}" $(TYPECHECK)/loraswarm/; done
-	@ln -s $(CURDIR)/shared $(TYPECHECK)/loraswarm/shared
-	@ln -s $(CURDIR)/services $(TYPECHECK)/loraswarm/services
+# Static tools read folders named as imported; setuptools maps shared/ and services/ into
+# loraswarm instead. build/typecheck is that view, generated from pyproject.toml's package-dir
+# (pyright and IDEs read it through [tool.pyright] stubPath, mypy through mypy_path).
+tree: install
+	$(BIN)/python -m loraswarm.import_tree $(TYPECHECK)
+
+typecheck: tree
 	cd $(TYPECHECK) && $(CURDIR)/$(BIN)/mypy --config-file $(CURDIR)/pyproject.toml -p loraswarm
-	MYPYPATH=$(TYPECHECK) $(BIN)/mypy tests
+	$(BIN)/mypy tests
 
 test: lint typecheck infra models
 	$(BIN)/pytest -q
