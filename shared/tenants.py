@@ -169,3 +169,75 @@ class TenantRegistry:
 
     def by_slack_team(self, team_id: str) -> TenantConfig | None:
         return next((t for t in self.all() if team_id in t.slack_team_ids), None)
+
+
+# ---------------------------------------------------------------- defaults and new tenants
+
+DEFAULT_SPECIALIST = "assistant"
+
+
+def defaults_note(tenant_id: str) -> str:
+    return (
+        f"tenant {tenant_id!r} has no configuration file and runs on defaults (one general specialist); "
+        f"`loraswarm tenants create {tenant_id}` writes one to adjust"
+    )
+
+
+def default_tenant(tenant_id: str, *, company_adapter: bool) -> TenantConfig:
+    """What a tenant without a configuration file runs on: one specialist over all its documents,
+    on its company adapter when one is published (the base model otherwise)."""
+    return TenantConfig(
+        tenant_id=tenant_id,
+        specialists=[
+            SpecialistConfig(
+                name=DEFAULT_SPECIALIST,
+                description="Answers from the company's documents.",
+                instructions="You are the company's assistant. Answer from the documents only and cite them.",
+                adapter="company" if company_adapter else "none",
+            )
+        ],
+    )
+
+
+def starter_tenant(tenant_id: str, display_name: str = "", description: str = "") -> TenantConfig:
+    """A working configuration for a new tenant (`loraswarm tenants create`): a specialist for the
+    company's documents on its company adapter, and one that answers in each user's own way on
+    the user's adapter; the planner picks between them by their descriptions."""
+    name = display_name or tenant_id.replace("-", " ").replace("_", " ").title()
+    about = f" About {name}: {description.strip().rstrip('.')}." if description.strip() else ""
+    return TenantConfig(
+        tenant_id=tenant_id,
+        display_name=name,
+        specialists=[
+            SpecialistConfig(
+                name="knowledge",
+                description=f"{name}'s documents: policies, processes, products and facts.{about}",
+                instructions=f"You are {name}'s knowledge expert.{about} Answer from the documents only "
+                "and cite them; say so when they do not answer the question.",
+                adapter="company",
+                handoffs=["colleague"],
+            ),
+            SpecialistConfig(
+                name="colleague",
+                description=f"How {name} works day to day, and each colleague's own way of working.",
+                instructions=f"You are an experienced colleague at {name}. Be practical and brief.",
+                adapter="user",
+            ),
+        ],
+        default_plan=[PlanStep(specialist="knowledge")],
+    )
+
+
+def write_tenant_file(folder: Path, config: TenantConfig) -> Path:
+    """Write `<folder>/<tenant_id>.yaml` (atomically: the registry never reads half a file)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{config.tenant_id}.yaml"
+    data = config.model_dump(mode="json", exclude_defaults=True)
+    data = {"tenant_id": config.tenant_id, **data}  # tenant_id first, as in the examples
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(
+        "# Tenant configuration (see shared/tenants.py).\n" + yaml.safe_dump(data, sort_keys=False, width=100)
+    )
+    tmp.replace(path)
+    load_tenant_file(path)  # the file as written validates (tenant_id matches the name)
+    return path

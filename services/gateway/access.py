@@ -31,7 +31,7 @@ import logging
 import secrets
 import sys
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
@@ -55,6 +55,9 @@ class _Config(BaseModel):
 class ApiKey(_Config):
     name: str = Field(default="", description="What the key is for, to find it when rotating.")
     sha256: str = Field(pattern=r"^[0-9a-f]{64}$", description="Hex sha256 of the key.")
+    user_id: str | None = Field(
+        default=None, description="The one user of the tenant this key acts for; unset = a tenant-wide key."
+    )
 
 
 class RateLimit(_Config):
@@ -196,19 +199,52 @@ def access_file(settings: Settings) -> Path:
     return settings.gateway.access_file or settings.data_dir / "gateway" / "access.yaml"
 
 
-def add_api_key(path: Path, tenant: str, name: str = "") -> str:
-    """Add a new key for `tenant` to the access file (created if missing); the key is returned once."""
+def add_api_key(path: Path, tenant: str, name: str = "", user_id: str | None = None) -> str:
+    """Add a new key for `tenant` (bound to `user_id` if given) to the access file (created if
+    missing); the key is returned once."""
     data = yaml.safe_load(path.read_text()) if path.exists() else None
     data = data or {}
     entry = data.setdefault("tenants", {}).setdefault(tenant, {}) or {}
     data["tenants"][tenant] = entry
     key = new_api_key()
-    entry.setdefault("api_keys", []).append({"name": name, "sha256": hash_api_key(key)})
+    record: dict[str, str] = {"name": name, "sha256": hash_api_key(key)}
+    if user_id is not None:
+        record["user_id"] = user_id
+    entry.setdefault("api_keys", []).append(record)
+    _write_access(path, data)
+    return key
+
+
+def _write_access(path: Path, data: dict[str, Any]) -> None:
     text = yaml.safe_dump(data, sort_keys=False)
     parse_access(text, source=str(path))  # never write a file the gateway would refuse
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(text)
-    return key
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    tmp.replace(path)  # the gateway re-reads the file: never half of it
+
+
+def revoke_api_keys(path: Path, tenant: str, name: str) -> int:
+    """Remove `tenant`'s keys named `name` from the access file; how many were removed."""
+    data = (yaml.safe_load(path.read_text()) if path.exists() else None) or {}
+    entry = (data.get("tenants") or {}).get(tenant) or {}
+    keys = entry.get("api_keys") or []
+    kept = [k for k in keys if k.get("name") != name]
+    if len(kept) == len(keys):
+        return 0
+    entry["api_keys"] = kept
+    _write_access(path, data)
+    return len(keys) - len(kept)
+
+
+def remove_tenant(path: Path, tenant: str) -> bool:
+    """Remove everything the access file holds for `tenant` (keys, webhooks, Slack token)."""
+    data = (yaml.safe_load(path.read_text()) if path.exists() else None) or {}
+    if tenant not in (data.get("tenants") or {}):
+        return False
+    del data["tenants"][tenant]
+    _write_access(path, data)
+    return True
 
 
 def _main(argv: list[str]) -> int:

@@ -20,7 +20,7 @@ import uvicorn
 from fastapi import FastAPI, Response
 
 from loraswarm import __version__
-from loraswarm.services.gateway import http_api, slack_routes
+from loraswarm.services.gateway import admin_routes, http_api, slack_routes
 from loraswarm.services.gateway.asgi import BodySizeLimit, HttpTelemetry
 from loraswarm.services.gateway.outcomes import record_outcome
 from loraswarm.services.gateway.parts import SERVICE, Gateway
@@ -81,6 +81,7 @@ def create_app(gw: Gateway) -> FastAPI:
     app.state.gateway = gw
     app.include_router(http_api.router)
     app.include_router(slack_routes.router)
+    app.include_router(admin_routes.router)
 
     @app.get("/healthz", tags=["operations"], summary="Liveness")
     async def healthz() -> dict[str, str]:

@@ -27,6 +27,13 @@ class GatewaySettings(BaseModel):
             "map to tenants in the tenant configuration (LORASWARM_ORCHESTRATION__TENANTS_DIR)."
         ),
     )
+    admin_api_key: SecretStr | None = Field(
+        default=None,
+        description=(
+            "Key of the admin HTTP API (`/v1/admin/tenants`: create tenants, users and API keys, "
+            "delete tenants), sent as `Authorization: Bearer <key>`. Unset: the admin API answers 403."
+        ),
+    )
     max_request_bytes: int = Field(
         default=64 * 1024,
         ge=1024,
