@@ -134,9 +134,27 @@ class _Entry:
 class TenantRegistry:
     """Tenant configurations from a folder, re-read when a file changes."""
 
-    def __init__(self, folder: Path) -> None:
+    def __init__(self, folder: Path, *, defaults_from: Path | None = None) -> None:
+        """`defaults_from`: the data folder whose adapter store `get_or_default` looks in for a
+        tenant without a file (unset: such a tenant is not configured)."""
         self.folder = folder
+        self.defaults_from = defaults_from
         self._entries: dict[str, _Entry] = {}
+
+    def runs_on_defaults(self, tenant_id: str) -> bool:
+        return self.defaults_from is not None and not (self.folder / f"{tenant_id}.yaml").exists()
+
+    def get_or_default(self, tenant_id: str) -> TenantConfig | None:
+        """The tenant's configuration, or (with `defaults_from`) the defaults of `default_tenant`:
+        one specialist, on the company adapter when one is published."""
+        config = self.get(tenant_id)
+        if config is not None or not self.runs_on_defaults(tenant_id):
+            return config
+        from loraswarm.shared.adapter_store import AdapterStore
+
+        assert self.defaults_from is not None
+        published = AdapterStore.under(self.defaults_from).current(tenant_id, "company") is not None
+        return default_tenant(tenant_id, company_adapter=published)
 
     def get(self, tenant_id: str) -> TenantConfig | None:
         path = self.folder / f"{tenant_id}.yaml"

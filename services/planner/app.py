@@ -49,7 +49,7 @@ def build(settings: Settings, *, llm: PrimaryLLM | None = None) -> PlannerServic
         bus.publish,
         store,
         llm,
-        TenantRegistry(settings.orchestration.tenants_dir),
+        TenantRegistry(settings.orchestration.tenants_dir, defaults_from=settings.data_dir),
         SecretRegistry(settings.data_dir),
     )
     bus.consumers(

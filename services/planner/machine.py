@@ -37,7 +37,7 @@ from loraswarm.shared.events import (
 )
 from loraswarm.shared.secrets import SecretRegistry
 from loraswarm.shared.settings import OrchestrationSettings
-from loraswarm.shared.tenants import TenantConfig, TenantConfigError, TenantRegistry
+from loraswarm.shared.tenants import TenantConfig, TenantConfigError, TenantRegistry, defaults_note
 
 log = logging.getLogger("loraswarm.planner")
 
@@ -69,7 +69,7 @@ class Planner:
 
     def _tenant(self, tenant_id: str) -> TenantConfig | None:
         try:
-            return self.tenants.get(tenant_id)
+            return self.tenants.get_or_default(tenant_id)
         except TenantConfigError as exc:
             log.error("%s", exc)
             return None
@@ -88,6 +88,8 @@ class Planner:
             state = PlannerState(
                 request=request, deadline_at=request.occurred_at + timedelta(seconds=deadline_s)
             )
+            if tenant is not None and self.tenants.runs_on_defaults(request.tenant_id):
+                state.notes.append(defaults_note(request.tenant_id))
             problem = input_problem(request, tenant)
             if problem is not None:
                 await self._finish(

@@ -22,7 +22,7 @@ GROUP = "specialist"
 def build(settings: Settings) -> EventBus:
     bus = EventBus(settings, service="specialist")
     trace_inference_clients()
-    tenants = TenantRegistry(settings.orchestration.tenants_dir)
+    tenants = TenantRegistry(settings.orchestration.tenants_dir, defaults_from=settings.data_dir)
     clients: dict[str, AsyncInferenceClient] = {}
 
     def tgi_for(tenant_id: str) -> AsyncInferenceClient:
@@ -51,7 +51,7 @@ def build(settings: Settings) -> EventBus:
     @bus.consumer(SpecialistTask, group=GROUP, concurrency=settings.orchestration.specialist_concurrency)
     async def on_task(task: SpecialistTask) -> None:
         """Answer a task with the tenant's adapter; pass it on if the specialist hands off."""
-        tenant = tenants.get(task.tenant_id)
+        tenant = tenants.get_or_default(task.tenant_id)
         if tenant is None:
             await bus.publish(
                 task.caused(

@@ -155,7 +155,6 @@ async def test_an_answer_with_another_tenants_secret_is_withheld(
 @pytest.mark.parametrize(
     ("fields", "reason"),
     [
-        ({"tenant_id": "initech"}, "tenant 'initech' is not configured"),
         ({"user_id": "mallory"}, "user 'mallory' is not allowed"),
         ({"question": "x" * 5000}, "the limit is 4000"),
     ],
@@ -218,4 +217,40 @@ async def test_tokens_are_counted_per_tenant_user_adapter_and_step(
     assert (
         REGISTRY.get_sample_value("loraswarm_request_tokens_total", {**support, "direction": "output"})
         is not None
+    )
+
+
+async def test_a_tenant_without_a_file_runs_on_defaults_and_says_so(
+    settings: Settings, tenants_dir: Path
+) -> None:
+    """No configuration for `initech`: one default specialist answers, on the company adapter
+    once one is published, and the answer carries a note that names the fix."""
+    plan = json.dumps({"tasks": [{"specialist": "assistant", "question": "Refund window?"}]})
+    script = Script([plan, COMPOSED, plan, COMPOSED])
+    with serve(script) as url:
+        async with world(configure(settings, tenants_dir, url), {}) as w:
+            first = request().model_copy(update={"tenant_id": "initech", "user_id": None})
+            await w.bus.publish(first)
+            before = await w.wait_outcome(first.request_id)
+            publish_company_adapter(settings, "initech")
+            second = request().model_copy(update={"tenant_id": "initech", "user_id": None})
+            await w.bus.publish(second)
+            after = await w.wait_outcome(second.request_id)
+    assert isinstance(before, RecommendationCompleted), before
+    assert any("runs on defaults" in n and "loraswarm tenants create initech" in n for n in before.notes)
+    assert [t.adapter_ids for t in w.tasks if t.request_id == first.request_id] == [[]]
+    assert isinstance(after, RecommendationCompleted), after
+    assert [t.adapter_ids for t in w.tasks if t.request_id == second.request_id] == [["initech/company"]]
+
+
+def publish_company_adapter(settings: Settings, tenant: str) -> None:
+    """A published `<tenant>/company` in the adapter store (its weights are never read here)."""
+    from loraswarm.shared.adapter_store import AdapterManifest, AdapterStore
+
+    source = settings.data_dir / "staged-adapter"
+    source.mkdir(parents=True, exist_ok=True)
+    (source / "adapter_config.json").write_text("{}")
+    (source / "adapter_model.safetensors").write_bytes(b"")
+    AdapterStore.under(settings.data_dir).publish(
+        source, AdapterManifest(tenant_id=tenant, name="company", base_model="test")
     )
