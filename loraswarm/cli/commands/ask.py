@@ -56,9 +56,20 @@ def ask(
     tenant: str = typer.Option(..., "--tenant", "-t", help="The company."),
     user: str | None = typer.Option(None, "--user", "-u", help="The user inside the company."),
     timeout_s: float = typer.Option(180.0, "--timeout", help="How long to wait for the answer."),
+    check: bool = typer.Option(
+        True, "--check/--no-check", help="First check (in seconds) that the services it needs are running."
+    ),
 ) -> None:
     """Publish a recommendation request to Kafka and print the recommendation when it arrives."""
+    from loraswarm.cli.preflight import problems
+
     settings = Settings()
+    if check:
+        missing = problems(settings, tenant)
+        for problem in missing:
+            console.print(f"[red]{problem}[/red]", soft_wrap=True)
+        if missing:
+            raise typer.Exit(1)
     request = RecommendationRequested(tenant_id=tenant, user_id=user, question=question, deadline_s=timeout_s)
     with console.status(f"asked {tenant}{' / ' + user if user else ''} (request {request.request_id}) ..."):
         outcome = asyncio.run(_ask(settings, request, timeout_s + 5))
@@ -77,6 +88,8 @@ def ask(
             f"[dim]{c.specialist}: {' + '.join(c.adapter_ids) or 'base'}, "
             f"{c.usage.input_tokens}/{c.usage.output_tokens} tokens, {c.duration_ms:.0f} ms[/dim]"
         )
+    for note in outcome.notes:
+        lines.append(f"[yellow]note: {note}[/yellow]")
     timings = ", ".join(f"{k} {v:.0f} ms" for k, v in outcome.timings_ms.items())
     lines.append(
         f"[dim]timings: {timings}[/dim]" + ("  [yellow](partial)[/yellow]" if outcome.partial else "")
