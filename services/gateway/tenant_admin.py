@@ -192,6 +192,13 @@ def revoke_key(settings: Settings, tenant_id: str, name: str) -> int:
     return removed
 
 
+def _remove_tree(folder: Path) -> bool:
+    if not folder.is_dir():
+        return False
+    shutil.rmtree(folder)
+    return True
+
+
 def delete(settings: Settings, tenant_id: str, *, documents: bool = True) -> list[str]:
     """Everything the tenant has: adapters, canaries, trainer files, document shard, keys and
     configuration. Returns what was there to delete."""
@@ -204,7 +211,7 @@ def delete(settings: Settings, tenant_id: str, *, documents: bool = True) -> lis
         for label, done in (
             ("adapters", AdapterStore.under(settings.data_dir).delete_tenant(tenant_id)),
             ("canaries", CanaryRegistry.under(settings.data_dir).delete_tenant(tenant_id)),
-            ("trainer files", trainer_files.is_dir() and (shutil.rmtree(trainer_files) or True)),
+            ("trainer files", _remove_tree(trainer_files)),
             ("API keys", remove_tenant(access_file(settings), tenant_id)),
         )
         if done
