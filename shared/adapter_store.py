@@ -28,10 +28,8 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from loraswarm.shared.envelope import utc_now
 from loraswarm.shared.files import write_atomic
+from loraswarm.shared.ids import AdapterRef as AdapterRef  # re-exported: the store's callers name it
 
-_ID = re.compile(
-    r"^(?P<tenant>[a-z0-9][a-z0-9_-]{0,62})/(?P<name>[A-Za-z0-9][A-Za-z0-9._-]{0,127}?)(@(?P<version>[0-9]+))?$"
-)
 _REQUIRED = ("adapter_model.safetensors", "adapter_config.json")
 
 
@@ -77,17 +75,6 @@ class Refusal(BaseModel):
 
 
 @dataclass(frozen=True)
-class AdapterRef:
-    tenant_id: str
-    name: str
-    version: str | None = None
-
-    @property
-    def id(self) -> str:
-        return f"{self.tenant_id}/{self.name}" + (f"@{self.version}" if self.version else "")
-
-
-@dataclass(frozen=True)
 class AdapterVersion:
     ref: AdapterRef  # with the version filled in
     path: Path
@@ -95,12 +82,10 @@ class AdapterVersion:
 
 
 def parse_adapter_id(adapter_id: str) -> AdapterRef:
-    match = _ID.match(adapter_id)
-    if match is None:
-        raise AdapterNotFound(
-            f"{adapter_id!r} is not an adapter id; expected `<tenant>/<name>` or `<tenant>/<name>@<version>`"
-        )
-    return AdapterRef(match["tenant"], match["name"], match["version"])
+    try:
+        return AdapterRef.parse(adapter_id)
+    except ValueError as exc:
+        raise AdapterNotFound(str(exc)) from exc
 
 
 class AdapterStore:

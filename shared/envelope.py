@@ -8,32 +8,15 @@ the *same* ids, and the consumers downstream drop the copy as already processed.
 from __future__ import annotations
 
 import builtins
-import re
 import uuid
 from datetime import UTC, datetime
-from typing import Annotated, Any, ClassVar, TypeVar
+from typing import Any, ClassVar, TypeVar
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field
+
+from loraswarm.shared.ids import TenantId as TenantId  # one pattern for the whole system
 
 EventT = TypeVar("EventT", bound="Envelope")
-
-_TENANT_ID = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
-
-
-def _check_tenant_id(value: str) -> str:
-    if not _TENANT_ID.match(value):
-        raise ValueError(
-            "tenant_id must be 1-63 characters of a-z, 0-9, '_' or '-', starting with a letter "
-            f"or digit (got {value!r})"
-        )
-    return value
-
-
-TenantId = Annotated[
-    str,
-    AfterValidator(_check_tenant_id),
-    Field(description="The company this event belongs to; also the Kafka message key."),
-]
 
 # A fixed namespace so that derived ids are the same on every machine and every run.
 _DERIVED_ID_NAMESPACE = uuid.UUID("6b1f4c52-7d0e-4c8a-9a53-2f0d1c5e8b10")

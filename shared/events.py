@@ -13,12 +13,13 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from loraswarm.shared.envelope import Envelope
+from loraswarm.shared.ids import ADAPTER_ID
 
 UserId = Annotated[str, Field(min_length=1, max_length=128, description="A user inside the tenant.")]
 AdapterId = Annotated[
     str,
     Field(
-        pattern=r"^[a-z0-9][a-z0-9_-]{0,62}/[A-Za-z0-9][A-Za-z0-9._-]{0,127}(@[A-Za-z0-9._-]+)?$",
+        pattern=ADAPTER_ID,
         description="An adapter name `<tenant>/<name>[@version]`.",
     ),
 ]
@@ -264,25 +265,31 @@ class AdapterPublished(Envelope):
     metrics: dict[str, float] = Field(default_factory=dict)
 
 
+# Why the trainer refused a request: the one list (services/trainer/errors.py maps exceptions to it).
+RejectionCode = Literal[
+    "invalid_request",
+    "unknown_tenant",
+    "wrong_base_model",
+    "scope_violation",
+    "empty_dataset",
+    "tiny_dataset",
+    "corrupt_data",
+    "already_training",
+    "nan_loss",
+    "quality_regression",
+    "leakage",
+    "unavailable",
+    "internal",
+]
+
+
 class AdapterRejected(Envelope):
     type: Literal["adapter.rejected"] = "adapter.rejected"
     adapter_id: str
     reason: str
-    code: Literal[
-        "invalid_request",
-        "unknown_tenant",
-        "wrong_base_model",
-        "scope_violation",
-        "empty_dataset",
-        "tiny_dataset",
-        "corrupt_data",
-        "already_training",
-        "nan_loss",
-        "quality_regression",
-        "leakage",
-        "unavailable",
-        "internal",
-    ] = Field(default="internal", description="The kind of reason, for programs; `reason` is for people.")
+    code: RejectionCode = Field(
+        default="internal", description="The kind of reason, for programs; `reason` is for people."
+    )
     metrics: dict[str, float] = Field(default_factory=dict)
 
 

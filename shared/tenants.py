@@ -16,6 +16,8 @@ from typing import Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from loraswarm.shared.ids import TENANT_ID
+
 log = logging.getLogger("loraswarm.tenants")
 
 
@@ -55,7 +57,7 @@ class PlanStep(_Config):
 
 
 class TenantConfig(_Config):
-    tenant_id: str = Field(pattern=r"^[a-z0-9][a-z0-9_-]{0,62}$")
+    tenant_id: str = Field(pattern=rf"^{TENANT_ID}$")
     display_name: str = ""
     company_adapter: str | None = Field(
         default=None,

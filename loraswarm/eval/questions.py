@@ -16,6 +16,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from loraswarm.eval.scoring import parse_rule
+from loraswarm.shared.ids import TENANT_ID
 
 Kind = Literal["fact", "process", "style"]
 
@@ -28,7 +29,7 @@ class EvalQuestion(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     id: str = Field(default="", description="Stable id; `<tenant>-<line>` when absent.")
-    tenant: str = Field(pattern=r"^[a-z0-9][a-z0-9_-]{0,62}$", description="The corpus folder's tenant.")
+    tenant: str = Field(pattern=rf"^{TENANT_ID}$", description="The corpus folder's tenant.")
     user: str | None = Field(default=None, description="The asking user (null: a company question).")
     kind: Kind
     question: str = Field(min_length=1, max_length=4000)

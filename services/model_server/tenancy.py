@@ -17,22 +17,21 @@ the answer reveals nothing about other tenants' adapters.
 from __future__ import annotations
 
 import hmac
-import re
 from collections.abc import Mapping
 
 from loraswarm.services.model_server.errors import AdapterForbidden, AdapterMissing, Unauthorized
 from loraswarm.shared.adapter_store import AdapterNotFound, parse_adapter_id
+from loraswarm.shared.ids import is_tenant_id
 from loraswarm.shared.settings import ModelServerSettings
 
 TENANT_HEADER = "x-tenant-id"
 STACK_SEPARATOR = "+"
-_TENANT = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
 
 
 def tenant_of(headers: Mapping[str, str], settings: ModelServerSettings) -> str | None:
     """The request's tenant (`None`: base model only); `Unauthorized` for a missing or unknown key."""
     claimed = headers.get(TENANT_HEADER) or None
-    if claimed is not None and not _TENANT.match(claimed):
+    if claimed is not None and not is_tenant_id(claimed):
         raise Unauthorized(f"{TENANT_HEADER} {claimed!r} is not a tenant id")
     if not settings.api_keys:
         return claimed

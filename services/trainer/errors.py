@@ -20,23 +20,11 @@ a reason a person can act on, and the numbers measured so far::
 
 from __future__ import annotations
 
-from typing import ClassVar, Literal
+from typing import ClassVar
 
-Code = Literal[
-    "invalid_request",
-    "unknown_tenant",
-    "wrong_base_model",
-    "scope_violation",
-    "empty_dataset",
-    "tiny_dataset",
-    "corrupt_data",
-    "already_training",
-    "nan_loss",
-    "quality_regression",
-    "leakage",
-    "unavailable",
-    "internal",
-]
+from loraswarm.shared.events import RejectionCode
+
+Code = RejectionCode  # the one list, beside the event that carries it
 
 
 # Verdicts on the trained adapter itself. The same request on the same data comes to them again,
