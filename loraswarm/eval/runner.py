@@ -20,7 +20,7 @@ import yaml
 from rich.console import Console
 
 from loraswarm.eval import conditions
-from loraswarm.eval.conditions import CONDITIONS, SPECS, Answer, ConditionName, EvalContext
+from loraswarm.eval.conditions import ALL_CONDITIONS, CONDITIONS, SPECS, Answer, ConditionName, EvalContext
 from loraswarm.eval.questions import EvalQuestion, Kind, read_questions
 from loraswarm.shared.settings import Settings
 
@@ -91,7 +91,7 @@ def check_inputs(config: EvalConfig) -> list[EvalQuestion]:
 
     unknown = [c for c in config.conditions if c not in SPECS]
     if unknown:
-        raise EvalError(f"unknown condition(s) {unknown}; choose from {', '.join(CONDITIONS)}")
+        raise EvalError(f"unknown condition(s) {unknown}; choose from {', '.join(ALL_CONDITIONS)}")
     try:
         questions = read_questions(config.questions)
     except QuestionFileError as exc:

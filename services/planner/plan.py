@@ -57,18 +57,16 @@ def check_plan(plan: Plan, tenant: TenantConfig) -> list[PlannedTask]:
 
 
 def planning_messages(tenant: TenantConfig, question: str, passages: list[Passage]) -> list[dict[str, str]]:
-    roster = "\n".join(f"- {s.name}: {s.description}" for s in tenant.specialists)
-    context = "\n".join(f"- {p.text[:300]}" for p in passages[:5]) or "- (no documents found)"
+    """Short and single-purpose, for the 135M default: choose specialists, nothing else."""
+    roster = "\n".join(f"- {s.name}: {s.description[:100]}" for s in tenant.specialists)
+    context = "\n".join(f"- {p.text[:160]}" for p in passages[:3]) or "- (no documents found)"
     return [
         {
             "role": "system",
-            "content": (
-                f"You plan answers for {tenant.display_name or tenant.tenant_id}. Choose at most "
-                f"{tenant.limits.max_specialists} specialists and write the question each should answer. "
-                f"Specialists:\n{roster}\nAnswer with JSON only."
-            ),
+            "content": f"Pick at most {tenant.limits.max_specialists} specialists for the question and give "
+            f"each its question. Specialists:\n{roster}\nAnswer with JSON only.",
         },
-        {"role": "user", "content": f"Question: {question}\nRelevant documents:\n{context}"},
+        {"role": "user", "content": f"Question: {question}\nDocuments:\n{context}"},
     ]
 
 
@@ -90,6 +88,10 @@ async def make_plan(
     max_tokens: int,
     timeout_s: float,
 ) -> PlanOutcome:
+    if len(tenant.specialists) == 1:
+        # One specialist: nothing to choose, and its question is the user's. No LLM call.
+        only = tenant.specialists[0]
+        return PlanOutcome([PlannedTask(specialist=only.name, question=question)], TokenUsage())
     messages = planning_messages(tenant, question, passages)
     schema = plan_schema(tenant)
     usage = TokenUsage()

@@ -20,6 +20,7 @@ from typing import Any
 from huggingface_hub import AsyncInferenceClient, TextGenerationInputGrammarType
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
+from loraswarm.services.planner.checks import supported_by
 from loraswarm.shared.envelope import utc_now
 from loraswarm.shared.events import Handoff, Passage, SpecialistResult, SpecialistTask, TokenUsage
 from loraswarm.shared.tenants import SpecialistConfig, TenantConfig
@@ -240,7 +241,10 @@ async def run_task(
     output, usage = called
 
     answer, handoff_to = _parse(output.generated_text)
-    citations = [p.citation for p in passages[:3]]
+    # Only the passages that state something the answer says (checks.supported_by), none by default.
+    citations = [
+        passages[i].citation for i in supported_by(answer, [p.text for p in passages], task.question)
+    ]
     if handoff_to and handoff_to in targets:
         other = tenant.specialist(handoff_to)
         assert other is not None  # the tenant config validates hand-off names

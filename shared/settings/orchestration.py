@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import BaseModel, Field, SecretStr
 
@@ -46,6 +47,18 @@ class OrchestrationSettings(BaseModel):
     )
     plan_max_tokens: int = Field(default=256, ge=16, description="Token limit of the planner's plan.")
     compose_max_tokens: int = Field(default=320, ge=16, description="Token limit of the composed answer.")
+    composer: Literal["extractive", "legacy"] = Field(
+        default="extractive",
+        description="`extractive`: the sentences that answer each part of the question, taken from the "
+        "specialists' answers and the passages, then phrased by the primary LLM under the answer checks. "
+        "`legacy`: one LLM call writes the whole recommendation (the composer before issue 14, kept as "
+        "the eval's baseline).",
+    )
+    compose_phrase: bool = Field(
+        default=True,
+        description="Let the primary LLM phrase the extracted sentences (kept only when it passes the "
+        "checks: no echo, no repetition, every extracted fact kept). Off: the extracted sentences as they are.",
+    )
     retrieval_k: int = Field(
         default=5, ge=1, le=50, description="Passages the planner retrieves per request."
     )

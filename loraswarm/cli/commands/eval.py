@@ -26,7 +26,8 @@ def eval_command(
     conditions: str = typer.Option(
         "base,rag,company,company_user,adapter_rag,swarm",
         "--conditions",
-        help="Comma-separated: base, rag, company, company_user, adapter_rag, swarm.",
+        help="Comma-separated: base, rag, company, company_user, adapter_rag, swarm, swarm_legacy "
+        "(the swarm with the composer before issue 14).",
     ),
     out: Path = typer.Option(
         Path("eval-out"), "--out", help="Where report.md, report.json, chart.png and the run's state go."
