@@ -62,7 +62,10 @@ def test_an_echo_is_detected_and_an_answer_is_not() -> None:
 def test_a_repeated_sentence_is_found_and_removed() -> None:
     answer = "Shipping costs 13 euros. Shipping costs 13 euros! Oskar leads research."
     assert checks.repeated_sentences(answer) == ["Shipping costs 13 euros!"]
-    assert checks.without_repeats(checks.sentences(answer)) == ["Shipping costs 13 euros.", "Oskar leads research."]
+    assert checks.without_repeats(checks.sentences(answer)) == [
+        "Shipping costs 13 euros.",
+        "Oskar leads research.",
+    ]
     assert checks.repeated_sentences("Shipping costs 13 euros. Oskar leads research.") == []
 
 

@@ -56,7 +56,9 @@ def phrased(text: str) -> str:
 
 
 def test_a_numbered_list_stays_one_unit_under_its_heading() -> None:
-    units = passage_units("# Booking travel\n\n1. Ask the manager.\n2. Book the hotel.\n\nIn short: ask first.")
+    units = passage_units(
+        "# Booking travel\n\n1. Ask the manager.\n2. Book the hotel.\n\nIn short: ask first."
+    )
     assert units[0] == ("1. Ask the manager.\n2. Book the hotel.", "Booking travel 1. Ask the manager. 2. Book the hotel.", True)  # fmt: skip
     assert units[1][0] == "In short: ask first."
 
@@ -128,7 +130,9 @@ async def test_a_part_nothing_answers_is_marked_and_an_unsupported_answer_cites_
 
 async def test_a_request_to_write_takes_the_best_specialist_answer_whole() -> None:
     question = "Write a short reply to a customer who asks where the head office is."
-    office = Passage(text="The head office is in Porto.", score=1.0, citation=Citation(doc_id="o", source="h"))
+    office = Passage(
+        text="The head office is in Porto.", score=1.0, citation=Citation(doc_id="o", source="h")
+    )
     reply = "Hello from Acme. Our head office is in Porto. Our head office is in Porto. The Acme team"
     s = state(question, [office], {"support": reply})
     outcome = await compose_extractive(None, s, max_tokens=64, timeout_s=2.0, phrase_it=True)

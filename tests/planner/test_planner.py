@@ -21,15 +21,8 @@ from loraswarm.shared.settings import Settings
 from tests.planner.scripted_llm import Script, serve
 from tests.planner.world import Behaviour, configure, world
 
-GOOD_PLAN = json.dumps({"tasks": [{"specialist": "policy", "question": "What is the refund window?"}]})
-TWO_PLAN = json.dumps(
-    {
-        "tasks": [
-            {"specialist": "policy", "question": "Refund window?"},
-            {"specialist": "support", "question": "Tone?"},
-        ]
-    }
-)
+GOOD_PLAN = json.dumps({"specialists": ["policy"]})
+TWO_PLAN = json.dumps({"specialists": ["policy", "support"]})
 COMPOSED = json.dumps(
     {
         "summary": "Refund it.",
@@ -68,7 +61,9 @@ async def test_a_request_is_planned_fanned_out_and_composed_with_citations(
     assert "total" in outcome.timings_ms
     # the plan was asked for with a JSON schema naming only the tenant's specialists
     schema = script.requests[0]["response_format"]["json_schema"]["schema"]
-    assert schema["$defs"]["PlannedTask"]["properties"]["specialist"]["enum"] == ["policy", "support"]
+    assert schema["properties"]["specialists"]["items"]["enum"] == ["policy", "support"]
+    # every specialist is asked the user's own question: the composer answers each of its parts
+    assert {t.question for t in w.tasks} == {req.question}
     # each task names the others asked, so that no specialist hands off to one already on it
     assert {t.specialist: t.peers for t in w.tasks} == {"policy": ["support"], "support": ["policy"]}
 
@@ -76,7 +71,7 @@ async def test_a_request_is_planned_fanned_out_and_composed_with_citations(
 async def test_garbage_then_an_unknown_specialist_falls_back_to_the_default_plan(
     settings: Settings, tenants_dir: Path
 ) -> None:
-    unknown = json.dumps({"tasks": [{"specialist": "astrologer", "question": "Stars?"}]})
+    unknown = json.dumps({"specialists": ["astrologer"]})
     script = Script(["this is not json at all", unknown, COMPOSED])
     with serve(script) as url:
         async with world(configure(settings, tenants_dir, url), {}) as w:
