@@ -18,7 +18,7 @@ QUESTIONS = [
         kind="fact",
         question="How much does standard shipping cost?",
         answers=["13 euros"],
-    ),  # fmt: skip
+    ),
     EvalQuestion(
         id="f2",
         tenant="northwind",
