@@ -336,7 +336,9 @@ def _questions(
 ) -> list[EvalQuestion]:
     qs: list[EvalQuestion] = []
 
-    def add(kind: str, user: str | None, question: str, sources: list[str], **gold: list[str]) -> None:
+    def add(
+        kind: str, user: str | None, question: str, sources: list[str], **gold: list[str] | list[list[str]]
+    ) -> None:
         n = sum(1 for q in qs if q.kind == kind) + 1
         qs.append(
             EvalQuestion.model_validate(

@@ -216,9 +216,10 @@ def supported_by(answer: str, passages: Sequence[str], question: str = "") -> li
 
 
 def is_echo_sentence(sentence: str, question: str) -> bool:
-    """Mostly the question's words, and most of the question's (or of one of its parts')."""
+    """Mostly the question's words, and most of the question's (or of one of its parts'), adding no
+    number or code ("The discount code at Bluepeak is PELRA-955." restates the question to answer it)."""
     mine = terms(sentence)
-    if not mine:
+    if not mine or any(any(c.isdigit() or c == "@" for c in t) for t in mine - terms(question)):
         return False
     for asked in [terms(question), *(terms(p) for p in question_parts(question))]:
         inside = len(mine & asked)
@@ -228,8 +229,9 @@ def is_echo_sentence(sentence: str, question: str) -> bool:
 
 
 def echoes(answer: str, question: str) -> bool:
-    """The answer says the question back: one of its sentences is mostly the question's words."""
-    return any(is_echo_sentence(s, question) for s in sentences(answer))
+    """The answer says the question back: one of its sentences is mostly the question's words
+    (a part marked "not in the documents" names the part on purpose: not an echo)."""
+    return any(is_echo_sentence(s, question) for s in sentences(answer) if NOT_IN_DOCUMENTS not in s.lower())
 
 
 def _same(a: set[str], b: set[str]) -> bool:

@@ -71,12 +71,12 @@ class Extraction:
 def passage_units(text: str) -> list[tuple[str, str, bool]]:
     """(text, about, is_list): prose sentences, bullets, and numbered lists kept whole."""
     units: list[tuple[str, str, bool]] = []
-    heading = ""
+    title = heading = ""  # the document's title and the current section's: what a unit is about
     numbered: list[str] = []
 
     def flush() -> None:
         if numbered:
-            units.append(("\n".join(numbered), heading + " " + " ".join(numbered), True))
+            units.append(("\n".join(numbered), f"{title} {heading} " + " ".join(numbered), True))
             numbered.clear()
 
     for raw in text.splitlines():
@@ -86,6 +86,8 @@ def passage_units(text: str) -> list[tuple[str, str, bool]]:
         if line.startswith("#"):
             flush()
             heading = line.lstrip("# ")
+            if line.startswith("# ") or not title:
+                title, heading = heading, ""
             continue
         if _NUMBERED.match(line):
             numbered.append(line)
@@ -93,7 +95,7 @@ def passage_units(text: str) -> list[tuple[str, str, bool]]:
         flush()
         line = _LIST_ITEM.sub("", line)
         for sentence in checks.sentences(line):
-            units.append((sentence, heading + " " + sentence, False))
+            units.append((sentence, f"{title} {heading} {sentence}", False))
     flush()
     return units
 
@@ -123,19 +125,29 @@ def candidates(state: PlannerState) -> list[Unit]:
     return units
 
 
-def relevance(unit: Unit, part: str) -> float:
-    wanted = checks.terms(part)
-    return len(checks.terms(unit.about) & wanted) / len(wanted) if wanted else 0.0
+_LIST_WORDS = frozenset(["step", "checklist", "order", "process", "procedure", "list"])
+
+
+def relevance(unit: Unit, part: str, vocabulary: set[str]) -> float:
+    """The share of the part's terms the unit is about. Terms no candidate has ("steps", "in
+    order") cannot tell candidates apart and are left out of the share."""
+    asked = checks.terms(part)
+    wanted = (asked & vocabulary) or asked
+    score = len(checks.terms(unit.about) & wanted) / len(wanted) if wanted else 0.0
+    if unit.is_list and asked & _LIST_WORDS:
+        score += 0.2  # a question for steps is answered by the list, not by one line of it
+    return score
 
 
 def extract(state: PlannerState) -> Extraction:
     parts = checks.question_parts(state.request.question)
     units = candidates(state)
+    vocabulary = set().union(*(checks.terms(u.about) for u in units)) if units else set()
     extraction = Extraction(parts)
     for part in parts:
         best: tuple[float, Unit] | None = None
         for unit in units:
-            score = relevance(unit, part)
+            score = relevance(unit, part, vocabulary)
             if score < MIN_RELEVANCE:
                 continue
             # What a passage states beats what only a specialist said; a specialist's supported
@@ -216,6 +228,7 @@ async def phrase(
                 schema_name="answer",
                 max_tokens=max_tokens,
                 timeout_s=timeout_s,
+                extra_body=_no_repeat(llm),
             )
         except LLMError as exc:
             notes.append(f"kept the extracted sentences: phrasing failed ({str(exc).splitlines()[0][:120]})")
@@ -237,6 +250,16 @@ async def phrase(
         if problem != "echo":
             break  # only an echo is worth another prompt; the rest is the model's limit
     return Phrasing(extracted, usage, llm_ms, notes)
+
+
+# Six tokens: a sentence said twice is blocked at the model, while a phrase such as "at Northwind
+# Freight" may still come back in the second part of an answer.
+NO_REPEAT_NGRAM = 6
+
+
+def _no_repeat(llm: PrimaryLLM) -> dict[str, Any] | None:
+    """The model server's extension, sent only to it (`tgi`): OpenAI refuses unknown fields."""
+    return {"no_repeat_ngram_size": NO_REPEAT_NGRAM} if llm.settings.primary_llm_model == "tgi" else None
 
 
 def phrased_schema() -> dict[str, Any]:

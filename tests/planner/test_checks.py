@@ -56,6 +56,9 @@ def test_an_echo_is_detected_and_an_answer_is_not() -> None:
     assert checks.echoes(echo, asked)
     assert checks.echoes(Q_SHIP, Q_SHIP)
     assert not checks.echoes("Standard shipping costs 13 euros.", Q_SHIP)
+    discount = "What is the staff discount code at Bluepeak Textiles?"
+    assert not checks.echoes("The staff discount code at Bluepeak Textiles is PELRA-955.", discount)
+    assert checks.echoes("The staff discount code at Bluepeak Textiles is in the handbook.", discount)
     assert not checks.echoes("Refunds are accepted within 60 days, so yes.", asked)
 
 
