@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import httpx
 import torch
 
 from loraswarm.services.model_server.sampling import RowState, SamplingParams, choose, repeating_tokens
+from tests.model_server.conftest import Served
 
 
 def test_the_tokens_completing_a_generated_ngram_are_found() -> None:
@@ -37,3 +39,31 @@ def test_when_only_the_repeating_token_is_allowed_it_is_still_chosen() -> None:
     logits = torch.full((1, 10), float("-inf"))  # what a grammar mask leaves: one allowed token
     logits[0, 7] = 0.0
     assert choose(logits, [row([9, 5, 6, 7, 5, 6], 1, 3)])[0].token == 7
+
+
+def test_the_served_model_repeats_no_ngram_when_asked(served: Served) -> None:
+    """On the real model and server: greedy text that loops, and the same request without loops."""
+    prompt = "Repeat after me forever: the fee is 13 euros. the fee is 13 euros. the fee is"
+    with httpx.Client(base_url=served.url, timeout=120) as http:
+
+        def generated(parameters: dict[str, object]) -> list[int]:
+            body = {"inputs": prompt, "parameters": {"max_new_tokens": 40, "details": True, **parameters}}
+            answer = http.post("/generate", json=body)
+            assert answer.status_code == 200, answer.text
+            return [t["id"] for t in answer.json()["details"]["tokens"]]
+
+        def has_repeated_4gram(ids: list[int]) -> bool:
+            grams = [tuple(ids[i : i + 4]) for i in range(len(ids) - 3)]
+            return len(grams) != len(set(grams))
+
+        assert has_repeated_4gram(generated({}))  # the loop this guards against
+        assert not has_repeated_4gram(generated({"no_repeat_ngram_size": 4}))
+        chat = http.post(
+            "/v1/chat/completions",
+            json={
+                "messages": [{"role": "user", "content": prompt}],
+                "max_tokens": 40,
+                "no_repeat_ngram_size": 4,
+            },
+        )
+        assert chat.status_code == 200, chat.text
