@@ -45,8 +45,17 @@ class OrchestrationSettings(BaseModel):
         description="Specialist tasks one specialist instance runs at once; TGI and the model server "
         "batch concurrent calls, so this is what fills their batches. 1: one at a time per partition.",
     )
-    plan_max_tokens: int = Field(default=256, ge=16, description="Token limit of the planner's plan.")
-    compose_max_tokens: int = Field(default=320, ge=16, description="Token limit of the composed answer.")
+    plan_max_tokens: int = Field(
+        default=48,
+        ge=16,
+        description="Token limit of the planner's plan (a list of specialist names: about 6 tokens each).",
+    )
+    compose_max_tokens: int = Field(
+        default=160,
+        ge=16,
+        description="Token limit of the composer's LLM call (the phrasing of the extracted sentences; "
+        "the legacy composer writes the whole recommendation in it and needs about 320).",
+    )
     composer: Literal["extractive", "legacy"] = Field(
         default="extractive",
         description="`extractive`: the sentences that answer each part of the question, taken from the "
