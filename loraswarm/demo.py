@@ -396,8 +396,11 @@ def run_demo(
     console.print(
         f"training on the small example data: min_train_tokens lowered to {settings.trainer.min_train_tokens}"
     )
-    for line in train(settings, examples, questions, steps, console, retrain=retrain):
-        console.print(line)
+    if steps > 0:
+        for line in train(settings, examples, questions, steps, console, retrain=retrain):
+            console.print(line)
+    else:
+        console.print("no training (--steps 0): the specialists answer with the base model")
     engine: list[EngineStats] = []
     with model_server(settings, engine) as url:
         settings.orchestration.tgi_url = url

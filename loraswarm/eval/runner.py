@@ -41,6 +41,9 @@ class EvalConfig:
     max_new_tokens: dict[Kind, int] = field(default_factory=lambda: {"fact": 40, "process": 80, "style": 80})
     hyperparameters: dict[str, Any] = field(default_factory=dict)
     min_train_tokens: int = 96
+    # False: no adapters are trained; every condition (the swarm's specialists included) answers
+    # with the base model. For comparing what does not depend on adapters (e.g. composers) fast.
+    train: bool = True
     sizes: dict[str, Any] = field(default_factory=dict)  # how the data was made, for the report
 
 
@@ -251,7 +254,7 @@ def run_eval(config: EvalConfig, console: Console) -> EvalRun:
     write_tenant_configs(settings, questions)
 
     t0 = time.monotonic()
-    wanted = needed_adapters(config, questions)
+    wanted = needed_adapters(config, questions) if config.train else []
 
     def trained(item: TrainedAdapter) -> None:
         state = "published" if item.published else "[red]rejected[/red]"
