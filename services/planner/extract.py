@@ -83,7 +83,8 @@ def passage_units(text: str) -> list[tuple[str, str, bool]]:
         line = raw.strip()
         if not line:
             continue
-        if line.startswith("#"):
+        # A heading: markdown's, or the chunker's "Title > Section" line (no closing punctuation).
+        if line.startswith("#") or (not _LIST_ITEM.match(line) and line[-1] not in ".!?:;)\"'"):
             flush()
             heading = line.lstrip("# ")
             if line.startswith("# ") or not title:

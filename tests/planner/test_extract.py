@@ -65,6 +65,13 @@ def test_a_numbered_list_stays_one_unit_under_its_heading() -> None:
     assert units[1][0] == "In short: ask first."
 
 
+def test_the_chunkers_title_line_is_a_heading() -> None:
+    units = passage_units(
+        "Northwind processes > Booking travel\n1. Upload the receipts.\n2. Ask the manager."
+    )
+    assert len(units) == 1 and units[0][2] and "Booking travel" in units[0][1]
+
+
 def test_each_part_gets_the_unit_that_answers_it() -> None:
     s = state(QUESTION, [OFFTOPIC, PALLET, CLAIMS], {"policy": QUESTION + " Pallets are heavy."})
     picked = extract(s).picked
