@@ -238,13 +238,21 @@ def _same(a: set[str], b: set[str]) -> bool:
     return bool(a) and bool(b) and len(a & b) / len(a | b) >= REPEAT_JACCARD
 
 
+def loops(sentence: str, n: int = 4) -> bool:
+    """One sentence that says a run of `n` words twice ("3 employees, 100% of the 22nd, 3
+    employees, 100% of the 22nd"): a small model's loop without a sentence break."""
+    words = _WORD.findall(sentence.lower())
+    grams = [tuple(words[i : i + n]) for i in range(len(words) - n + 1)]
+    return len(grams) != len(set(grams))
+
+
 def repeated_sentences(answer: str) -> list[str]:
-    """Sentences that say again what an earlier sentence of the answer said."""
+    """Sentences that say again what an earlier sentence said, or loop inside themselves."""
     seen: list[set[str]] = []
     repeats = []
     for sentence in sentences(answer):
         mine = terms(sentence)
-        if any(_same(mine, other) for other in seen):
+        if loops(sentence) or any(_same(mine, other) for other in seen):
             repeats.append(sentence)
         elif mine:
             seen.append(mine)

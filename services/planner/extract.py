@@ -115,7 +115,11 @@ def candidates(state: PlannerState) -> list[Unit]:
         if task.result is None or task.result.error:
             continue
         for sentence in checks.sentences(task.result.answer):
-            if checks.is_echo_sentence(sentence, question) or not checks.own_terms(sentence, question):
+            if (
+                checks.is_echo_sentence(sentence, question)
+                or not checks.own_terms(sentence, question)
+                or checks.loops(sentence)
+            ):
                 continue
             supported = any(checks.supports(sentence, t, question) for t in texts)
             units.append(Unit(sentence, sentence, task.specialist, supported))
@@ -168,7 +172,11 @@ def best_specialist_answer(state: PlannerState) -> str:
     for task in state.tasks.values():
         if task.result is None or task.result.error or not task.result.answer.strip():
             continue
-        kept = [s for s in checks.sentences(task.result.answer) if not checks.is_echo_sentence(s, question)]
+        kept = [
+            s
+            for s in checks.sentences(task.result.answer)
+            if not checks.is_echo_sentence(s, question) and not checks.loops(s)
+        ]
         answer = "\n".join(checks.without_repeats(kept))
         if answer:
             scored.append((len(checks.supported_by(answer, texts, question)), answer))

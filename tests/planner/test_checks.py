@@ -70,6 +70,9 @@ def test_a_repeated_sentence_is_found_and_removed() -> None:
         "Oskar leads research.",
     ]
     assert checks.repeated_sentences("Shipping costs 13 euros. Oskar leads research.") == []
+    loop = "Penetrode: 22nd, 3 employees, 100% of the 22nd, 3 employees, 100% of the 22nd"
+    assert checks.repeated_sentences(loop) == [loop]
+    assert not checks.loops("Upload the receipts, then ask the manager, then book the hotel.")
 
 
 def test_a_two_part_question_has_two_parts_and_each_is_checked() -> None:
