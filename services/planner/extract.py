@@ -204,6 +204,12 @@ def phrasing_problem(phrased: str, extracted: str, question: str) -> str | None:
         return "echo"
     if checks.repeated_sentences(phrased):
         return "repetition"
+    parts = checks.question_parts(question)
+    for part in parts:
+        if checks.part_answered(extracted, part, parts, question) and not checks.part_answered(
+            phrased, part, parts, question
+        ):
+            return f"left out {part!r}"
     lost_numbers = checks.numbers(extracted) - checks.terms(phrased)
     if lost_numbers:
         return f"dropped {sorted(lost_numbers)}"

@@ -102,6 +102,7 @@ async def test_a_phrasing_that_repeats_or_drops_a_number_is_not_used() -> None:
     for bad in (
         "A pallet may weigh 800 kg. A pallet may weigh 800 kg. Maria Lund handles large claims.",
         "A pallet may weigh a lot, and Maria Lund handles large claims.",
+        "A single pallet may weigh at most 800 kg.",  # the second part left out
     ):
         with serve(Script([phrased(bad)])) as url:
             client = llm(url)
