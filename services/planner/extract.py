@@ -64,7 +64,9 @@ class Extraction:
     def text(self) -> str:
         lines = []
         for part, unit in zip(self.parts, self.picked, strict=True):
-            lines.append(unit.text if unit else f"{part[:1].upper()}{part[1:]}: {checks.NOT_IN_DOCUMENTS}.")
+            # One sentence, whatever the part holds: the marker and the part it names stay together.
+            named = re.sub(r"[.!?]+\s+", ", ", part)
+            lines.append(unit.text if unit else f"{named[:1].upper()}{named[1:]}: {checks.NOT_IN_DOCUMENTS}.")
         return "\n".join(checks.without_repeats(lines))
 
 

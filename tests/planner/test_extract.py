@@ -150,3 +150,13 @@ async def test_a_request_to_write_takes_the_best_specialist_answer_whole() -> No
     assert text.startswith("Hello from Acme") and text.endswith("The Acme team")
     assert text.count("Porto") == 1
     assert [c.doc_id for c in outcome.recommendations[0].citations] == ["o"]
+
+
+async def test_a_scenario_nothing_answers_is_marked_in_one_sentence_not_echoed() -> None:
+    question = "A customer missed the payroll cut-off by one day. What happens?"
+    outcome = await compose_extractive(
+        None, state(question, [OFFTOPIC], {}), max_tokens=64, timeout_s=2.0, phrase_it=True
+    )
+    text = outcome.recommendations[0].text
+    assert text.endswith("not in the documents.") and len(checks.sentences(text)) == 1
+    assert not checks.echoes(text, question)
