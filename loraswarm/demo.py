@@ -11,11 +11,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import statistics
 import threading
 import time
 import urllib.request
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -26,6 +27,7 @@ from rich.panel import Panel
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from loraswarm.services.planner import checks
 from loraswarm.shared.bus import EventBus
 from loraswarm.shared.events import (
     AdapterTrainRequested,
@@ -282,29 +284,57 @@ async def ask_all(
     return {str(r.request_id): outcomes.get(str(r.request_id)) for r in requests}  # type: ignore[misc]
 
 
+def _who(question: Question) -> str:
+    return f"{question.tenant_id}" + (f" / {question.user_id}" if question.user_id else " (company)")
+
+
+def _trace_id(settings: Settings, outcome: RecommendationCompleted | RecommendationFailed) -> str:
+    from loraswarm.cli.commands.trace import spans_from_file
+
+    try:
+        spans = spans_from_file(settings.tracing.file, str(outcome.request_id))
+    except Exception:  # the trace is a bonus; the answer is the point
+        return "-"
+    return spans[0].trace_id if spans else "-"
+
+
 def show(
     console: Console,
     settings: Settings,
     question: Question,
     outcome: RecommendationCompleted | RecommendationFailed | None,
+    *,
+    full: bool,
 ) -> None:
+    """One answer: in full (panel, specialists, the trace waterfall), or as a few compact lines."""
     from loraswarm.cli.commands.trace import render_waterfall, spans_from_file
 
-    who = f"{question.tenant_id}" + (f" / {question.user_id}" if question.user_id else " (company)")
+    who = _who(question)
     if outcome is None:
-        console.print(Panel(f"[red]no answer in time[/red]\n{question.text}", title=who))
+        console.print(f"[red]{who}: no answer in time[/red] — {question.text}")
         return
     if isinstance(outcome, RecommendationFailed):
+        console.print(f"[red]{who}: failed ({outcome.code})[/red]: {outcome.reason}")
+        return
+    total_s = outcome.timings_ms.get("total", 0.0) / 1000
+    if not full:
+        trace = _trace_id(settings, outcome)
         console.print(
-            Panel(f"[red]failed ({outcome.code})[/red]: {outcome.reason}\nQ: {question.text}", title=who)
+            f"[bold]{who}[/bold] {total_s:.1f} s, trace {trace}\n  Q: {question.text}", highlight=False
         )
+        for rec in outcome.recommendations:
+            cites = ", ".join(f"{c.doc_id}#{c.position}" for c in rec.citations) or rec.rationale or "-"
+            text = " ".join(rec.text.split())
+            console.print(f"  A: {text}\n  [dim]cites: {cites}[/dim]", highlight=False)
         return
     body = [f"[bold]Q:[/bold] {question.text}"]
     if outcome.summary:
         body.append(f"[bold]Summary:[/bold] {outcome.summary}")
     for i, rec in enumerate(outcome.recommendations, 1):
         cites = "; ".join(f"{c.title or c.doc_id} ({c.source}#{c.position})" for c in rec.citations)
-        body.append(f"[bold]{i}. {rec.title}[/bold]\n   {rec.text}\n   [dim]cites: {cites or '-'}[/dim]")
+        body.append(
+            f"[bold]{i}. {rec.title}[/bold]\n   {rec.text}\n   [dim]cites: {cites or rec.rationale or '-'}[/dim]"
+        )
     table = Table("specialist", "adapters", "tokens in/out", "ms", box=None)
     for c in outcome.contributions:
         table.add_row(
@@ -324,6 +354,26 @@ def show(
             console.print(line, highlight=False)
     except Exception as exc:  # the trace is a bonus; the answer is the point
         console.print(f"[dim](no trace: {exc})[/dim]")
+
+
+def answer_checks(
+    questions: Sequence[Question], outcomes: Sequence[RecommendationCompleted | RecommendationFailed | None]
+) -> tuple[checks.Rates, int]:
+    """The answer scorer over the demo's answers, and how many state a fact of a passage they cite."""
+    done = [
+        (q, o) for q, o in zip(questions, outcomes, strict=True) if isinstance(o, RecommendationCompleted)
+    ]
+    results = []
+    grounded = 0
+    for question, outcome in done:
+        text = "\n".join(r.text for r in outcome.recommendations)
+        texts = {(p.citation.doc_id, p.citation.position): p.text for p in outcome.passages}
+        keys = dict.fromkeys((c.doc_id, c.position) for r in outcome.recommendations for c in r.citations)
+        cited = [texts.get(k, "") for k in keys]
+        result = checks.check(text, question.text, [p.text for p in outcome.passages], cited)
+        grounded += result.cited_supporting > 0
+        results.append(result)
+    return checks.rates(results), grounded
 
 
 def run_demo(
@@ -347,8 +397,11 @@ def run_demo(
     console.print(
         f"training on the small example data: min_train_tokens lowered to {settings.trainer.min_train_tokens}"
     )
-    for line in train(settings, examples, questions, steps, console, retrain=retrain):
-        console.print(line)
+    if steps > 0:
+        for line in train(settings, examples, questions, steps, console, retrain=retrain):
+            console.print(line)
+    else:
+        console.print("no training (--steps 0): the specialists answer with the base model")
     engine: list[EngineStats] = []
     with model_server(settings, engine) as url:
         settings.orchestration.tgi_url = url
@@ -359,9 +412,27 @@ def run_demo(
         answered_s = time.monotonic() - asked
     provider.force_flush()
     close_shared()
-    for question, outcome in zip(questions, outcomes.values(), strict=True):
-        show(console, settings, question, outcome)
-    done = sum(isinstance(o, RecommendationCompleted) for o in outcomes.values())
+    answers = list(outcomes.values())
+    for i, (question, outcome) in enumerate(zip(questions, answers, strict=True)):
+        show(console, settings, question, outcome, full=i == 0)
+    done = sum(isinstance(o, RecommendationCompleted) for o in answers)
+    latencies = sorted(
+        o.timings_ms["total"] / 1000
+        for o in answers
+        if isinstance(o, RecommendationCompleted) and "total" in o.timings_ms
+    )
+    rates, grounded = answer_checks(questions, answers)
+    console.print(
+        f"answers: {rates.answers}; echo the question: {rates.echo_rate or 0:.0%}; repeat a sentence: "
+        f"{rates.repeat_rate or 0:.0%}; cite a passage stating their fact: {grounded}/{rates.answers}; "
+        "citation precision: "
+        + ("-" if rates.citation_precision is None else f"{rates.citation_precision:.2f}")
+    )
+    if latencies:
+        console.print(
+            f"request latency: p50 {statistics.median(latencies):.1f} s, max {latencies[-1]:.1f} s "
+            f"({len(latencies)} requests at once)"
+        )
     for stats in engine:
         console.print(
             f"model server: {stats.tokens} tokens generated, {stats.steps} decode steps "

@@ -98,6 +98,10 @@ class RecommendationCompleted(Envelope):
     notes: list[str] = Field(
         default_factory=list, description="What went differently, e.g. a default plan was used."
     )
+    passages: list[Passage] = Field(
+        default_factory=list,
+        description="The passages the answer was composed from; its citations point into these.",
+    )
 
 
 class RecommendationFailed(Envelope):

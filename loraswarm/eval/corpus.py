@@ -336,7 +336,9 @@ def _questions(
 ) -> list[EvalQuestion]:
     qs: list[EvalQuestion] = []
 
-    def add(kind: str, user: str | None, question: str, sources: list[str], **gold: list[str]) -> None:
+    def add(
+        kind: str, user: str | None, question: str, sources: list[str], **gold: list[str] | list[list[str]]
+    ) -> None:
         n = sum(1 for q in qs if q.kind == kind) + 1
         qs.append(
             EvalQuestion.model_validate(
@@ -348,8 +350,17 @@ def _questions(
     # facts: company facts, then per user one private fact and one two-source fact
     n_user = user_share if users else 0
     n_company = per_kind - 2 * n_user if users else per_kind
-    for f in c.facts[: max(1, n_company)]:
+    singles = c.facts[: max(1, n_company)]
+    if n_company >= 2 and len(c.facts) > n_company:
+        # The last company fact question asks two things at once (a multi-part question: the
+        # answer must give both, or say which one the documents lack).
+        singles = singles[:-1]
+    for f in singles:
         add("fact", None, f.question, ["company"], answers=f.answers)
+    if len(singles) < max(1, n_company):
+        a, b = c.facts[len(singles)], c.facts[len(singles) + 1]
+        both = f"{a.question.rstrip('?')}, and {b.question[:1].lower()}{b.question[1:]}"
+        add("fact", None, both, ["company"], answers=a.answers, all_of=[a.answers, b.answers])
     for i in range(n_user):
         u = users[i % len(users)]
         private = [

@@ -13,7 +13,8 @@ from typing import Any
 from loraswarm.eval.conditions import SPECS, Answer
 from loraswarm.eval.questions import EvalQuestion
 from loraswarm.eval.runner import EvalRun
-from loraswarm.eval.scoring import Estimate, bootstrap, fact_scores, process_scores, style_score
+from loraswarm.eval.scoring import Estimate, bootstrap, contains, fact_scores, process_scores, style_score
+from loraswarm.services.planner import checks
 
 METRICS = ("fact_accuracy", "fact_exact", "process_recall", "process_order", "style_adherence")
 _CHARTED = ("fact_accuracy", "process_recall", "process_order", "style_adherence")
@@ -80,6 +81,65 @@ def _cost(answers: list[Answer]) -> dict[str, float]:
     }
 
 
+def answer_quality(scored: list[Scored]) -> dict[str, Any]:
+    """The answer scorer's figures (services/planner/checks.py) for one condition's answers.
+
+    `in_passages`: the share of fact questions whose accepted answer was in the passages the
+    condition was given (None without retrieval): next to fact accuracy it shows how much is lost
+    between retrieval and the answer.
+    """
+    ok = [s for s in scored if s.answer.error is None]
+    rates = checks.rates(
+        [checks.check(s.answer.text, s.question.question, s.answer.passages, s.answer.cited) for s in ok]
+    )
+    facts = [s for s in scored if s.question.kind == "fact"]
+    retrieved = [s for s in facts if s.answer.passages]
+    held = [
+        s
+        for s in retrieved
+        if any(contains(" ".join(s.answer.passages), a) for a in (s.question.answers or s.question.all_of[0]))
+    ]
+    multi = [s for s in ok if len(checks.question_parts(s.question.question)) > 1]
+    return asdict(rates) | {
+        "in_passages": len(held) / len(facts) if retrieved and facts else None,
+        "fact_accuracy_when_in_passages": (
+            statistics.fmean(s.scores["fact_accuracy"] for s in held) if held else None
+        ),
+        "multi_part_questions": [
+            {
+                "question": s.question.id,
+                "answer": s.answer.text,
+                "all_parts": checks.check(s.answer.text, s.question.question, s.answer.passages).all_parts,
+            }
+            for s in multi
+        ],
+    }
+
+
+def _rate(value: float | None) -> str:
+    return "–" if value is None else f"{value:.2f}"
+
+
+def quality_markdown(report: dict[str, Any]) -> list[str]:
+    lines = [
+        "Answer checks (services/planner/checks.py; citation support = share of the answer's own content words "
+        f"and numbers the passage states, threshold {checks.SUPPORT_THRESHOLD}):",
+        "",
+        "| condition | echo rate | repeated-sentence rate | multi-part answered in each part | citation precision | "
+        "citation recall | answers citing nothing | fact answer in the passages given | fact accuracy when it was |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for c, label in report["conditions"].items():
+        q = report["answer_quality"][c]
+        lines.append(
+            f"| {label} | {_rate(q['echo_rate'])} | {_rate(q['repeat_rate'])} | "
+            f"{q['multi_part_covered']} / {q['multi_part']} | {_rate(q['citation_precision'])} | "
+            f"{_rate(q['citation_recall'])} | {q['uncited']} / {q['answers']} | {_rate(q['in_passages'])} | "
+            f"{_rate(q['fact_accuracy_when_in_passages'])} |"
+        )
+    return lines
+
+
 def _fmt(e: Estimate) -> str:
     if e.n == 0 or math.isnan(e.mean):
         return "–"
@@ -118,6 +178,9 @@ def build(run: EvalRun) -> dict[str, Any]:
             for c, groups in est.items()
         },
         "costs": costs,
+        "answer_quality": {
+            c: answer_quality([s for s in scored if s.answer.condition == c]) for c in conditions
+        },
         "adapters": [asdict(a) for a in run.adapters],
         "timings_s": run.timings_s,
         "answers": [
@@ -156,6 +219,8 @@ def markdown(report: dict[str, Any], chart: str | None = "chart.png") -> str:
             f"{_fmt(a['process_order'])} | {_fmt(a['style_adherence'])} | {cost['latency_ms_p50'] / 1000:.1f} | "
             f"{cost['input_tokens_mean']:.0f} / {cost['output_tokens_mean']:.0f} |"
         )
+    if "answer_quality" in report:
+        lines += ["", *quality_markdown(report)]
     lines += ["", "Two-source questions only (the answer needs the user's notes and the company's data):", ""]
     lines += ["| condition | fact accuracy | style adherence |", "|---|---|---|"]
     for c, label in report["conditions"].items():

@@ -20,7 +20,7 @@ import yaml
 from rich.console import Console
 
 from loraswarm.eval import conditions
-from loraswarm.eval.conditions import CONDITIONS, SPECS, Answer, ConditionName, EvalContext
+from loraswarm.eval.conditions import ALL_CONDITIONS, CONDITIONS, SPECS, Answer, ConditionName, EvalContext
 from loraswarm.eval.questions import EvalQuestion, Kind, read_questions
 from loraswarm.shared.settings import Settings
 
@@ -41,6 +41,9 @@ class EvalConfig:
     max_new_tokens: dict[Kind, int] = field(default_factory=lambda: {"fact": 40, "process": 80, "style": 80})
     hyperparameters: dict[str, Any] = field(default_factory=dict)
     min_train_tokens: int = 96
+    # False: no adapters are trained; every condition (the swarm's specialists included) answers
+    # with the base model. For comparing what does not depend on adapters (e.g. composers) fast.
+    train: bool = True
     sizes: dict[str, Any] = field(default_factory=dict)  # how the data was made, for the report
 
 
@@ -91,7 +94,7 @@ def check_inputs(config: EvalConfig) -> list[EvalQuestion]:
 
     unknown = [c for c in config.conditions if c not in SPECS]
     if unknown:
-        raise EvalError(f"unknown condition(s) {unknown}; choose from {', '.join(CONDITIONS)}")
+        raise EvalError(f"unknown condition(s) {unknown}; choose from {', '.join(ALL_CONDITIONS)}")
     try:
         questions = read_questions(config.questions)
     except QuestionFileError as exc:
@@ -252,7 +255,7 @@ def run_eval(config: EvalConfig, console: Console) -> EvalRun:
     write_tenant_configs(settings, questions)
 
     t0 = time.monotonic()
-    wanted = needed_adapters(config, questions)
+    wanted = needed_adapters(config, questions) if config.train else []
 
     def trained(item: TrainedAdapter) -> None:
         state = "published" if item.published else "[red]rejected[/red]"

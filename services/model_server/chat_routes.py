@@ -182,6 +182,7 @@ def _parameters(body: ChatRequest, adapter_id: str | None) -> GenerateParameters
         top_p=body.top_p,
         frequency_penalty=body.frequency_penalty,
         presence_penalty=body.presence_penalty,
+        no_repeat_ngram_size=body.no_repeat_ngram_size,
         max_new_tokens=body.max_completion_tokens
         if body.max_completion_tokens is not None
         else body.max_tokens,

@@ -407,6 +407,7 @@ class BatchingEngine:
                 s.ids,
                 s.generator,
                 s.request.grammar.allowed() if s.request.grammar is not None else None,
+                s.prompt_length,
             )
             for s in sequences
         ]

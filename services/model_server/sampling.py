@@ -1,6 +1,6 @@
 """Choosing each row's next token the way TGI's server does.
 
-Order, per row: repetition penalty, frequency penalty, grammar mask, then the warpers
+Order, per row: repetition penalty, frequency penalty, no-repeat n-grams, grammar mask, then the warpers
 (temperature, top-k, top-p, typical-p). A row samples when `do_sample` is set or any warper is
 active, else it takes the argmax. The reported logprob is the chosen token's under the final
 (warped) distribution, as TGI reports it. Rows without any processing, the common case, are
@@ -30,6 +30,10 @@ class SamplingParams:
     repetition_penalty: float = 1.0
     frequency_penalty: float = 0.0
     presence_penalty: float = 0.0
+    # Not TGI's (transformers' `no_repeat_ngram_size`): a token that would repeat an n-gram of
+    # the generated text is pushed below every other allowed token. Only the generated tokens
+    # count, so copying a fact from the prompt is not penalized.
+    no_repeat_ngram_size: int = 0
     do_sample: bool = False
     seed: int = 0
 
@@ -43,7 +47,12 @@ class SamplingParams:
 
     @property
     def has_penalties(self) -> bool:
-        return self.repetition_penalty != 1.0 or self.frequency_penalty != 0.0 or self.presence_penalty != 0.0
+        return (
+            self.repetition_penalty != 1.0
+            or self.frequency_penalty != 0.0
+            or self.presence_penalty != 0.0
+            or self.no_repeat_ngram_size > 0
+        )
 
 
 @dataclass
@@ -54,6 +63,7 @@ class RowState:
     ids: list[int]  # prompt + generated so far (penalties read them)
     generator: torch.Generator | None
     bitmask: torch.Tensor | None  # xgrammar's allowed-token bitmask for this step, (1, words)
+    prompt_length: int = 0  # where the generated tokens start in `ids`
 
 
 @dataclass(frozen=True)
@@ -98,6 +108,12 @@ def _choose_one(scores: torch.Tensor, row: RowState) -> Choice:
         if params.presence_penalty != 0.0:
             present = torch.zeros_like(scores).scatter_(1, ids, 1.0)
             scores = scores - params.presence_penalty * present
+        if params.no_repeat_ngram_size > 0:
+            banned = repeating_tokens(row.ids[row.prompt_length :], params.no_repeat_ngram_size)
+            if banned:
+                # Below every allowed token, yet above the grammar's -inf: when the grammar allows
+                # nothing else (a closing quote), the grammar wins.
+                scores[0, banned] -= _NGRAM_PUSH
     if row.bitmask is not None:
         import xgrammar as xgr
 
@@ -110,6 +126,21 @@ def _choose_one(scores: torch.Tensor, row: RowState) -> Choice:
     else:
         token = int(logprobs.argmax())
     return Choice(token, float(logprobs[token]), logprobs)
+
+
+_NGRAM_PUSH = 1e4
+
+
+def repeating_tokens(generated: list[int], n: int) -> list[int]:
+    """The tokens that would complete an n-gram already in `generated`."""
+    if n <= 0 or len(generated) < n:
+        return []
+    if n == 1:
+        return sorted(set(generated))
+    tail = generated[-(n - 1) :]
+    return sorted(
+        {generated[i + n - 1] for i in range(len(generated) - n + 1) if generated[i : i + n - 1] == tail}
+    )
 
 
 def _warp(scores: torch.Tensor, params: SamplingParams) -> torch.Tensor:

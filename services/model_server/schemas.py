@@ -36,6 +36,8 @@ class GenerateParameters(Body):
     # Not TGI's: OpenAI's presence penalty, for the chat route (see chat_routes.py).
     presence_penalty: float | None = None
     repetition_penalty: float | None = None
+    # Not TGI's: no n-gram of the generated text twice (sampling.py); 0 or absent: off.
+    no_repeat_ngram_size: NonNegativeInt | None = None
     return_full_text: bool | None = None
     seed: NonNegativeInt | None = None
     stop: list[str] = Field(default_factory=list)
@@ -165,6 +167,8 @@ class ChatRequest(Body):
     messages: list[Message] = Field(min_length=1)
     frequency_penalty: float | None = None
     presence_penalty: float | None = None
+    # Not OpenAI's: see GenerateParameters.
+    no_repeat_ngram_size: NonNegativeInt | None = None
     logprobs: bool | None = None
     top_logprobs: NonNegativeInt | None = None
     max_tokens: NonNegativeInt | None = None

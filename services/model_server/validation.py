@@ -141,6 +141,7 @@ def validate(
             repetition_penalty=repetition_penalty,
             frequency_penalty=frequency_penalty,
             presence_penalty=presence_penalty,
+            no_repeat_ngram_size=p.no_repeat_ngram_size or 0,
             do_sample=p.do_sample,
             seed=seed,
         ),

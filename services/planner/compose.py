@@ -1,9 +1,8 @@
-"""Composing the recommendation from the specialists' answers, with the primary LLM.
+"""The legacy composer: one LLM call writes the whole recommendation from numbered sources.
 
-The model sees numbered sources (retrieved passages and what each specialist cited) and answers
-with structured output; its source numbers are turned back into citations of the tenant's
-documents. If the LLM fails, the recommendation is assembled from the specialists' own answers,
-and the event says so.
+Kept as the eval's baseline arm (`orchestration.composer: legacy`); the planner composes with
+`services/planner/extract.py` by default. If the LLM fails, the recommendation is assembled from
+the specialists' own answers, and the event says so.
 """
 
 from __future__ import annotations
@@ -100,9 +99,10 @@ def from_specialists(state: PlannerState, sources: list[Citation]) -> list[Recom
     return items
 
 
-async def compose(
+async def compose_legacy(
     llm: PrimaryLLM, state: PlannerState, *, max_tokens: int, timeout_s: float
 ) -> ComposeOutcome:
+    """The composer before issue 14, unchanged: the eval's baseline arm (`composer: legacy`)."""
     sources = numbered_sources(state)
     schema: dict[str, Any] = Composition.model_json_schema()
     notes: list[str] = []
@@ -125,6 +125,8 @@ async def compose(
             title=item.title,
             text=item.text,
             rationale=item.rationale,
+            # `or sources[:1]` cites a passage the model never named: kept only so that the
+            # baseline arm measures the composer as it was.
             citations=[sources[n - 1] for n in item.sources if 1 <= n <= len(sources)] or sources[:1],
         )
         for item in composed.recommendations

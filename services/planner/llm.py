@@ -52,8 +52,10 @@ class PrimaryLLM:
         schema_name: str,
         max_tokens: int,
         timeout_s: float,
+        extra_body: dict[str, Any] | None = None,
     ) -> Completion:
-        """One chat completion constrained to `schema` (OpenAI `response_format` json_schema)."""
+        """One chat completion constrained to `schema` (OpenAI `response_format` json_schema);
+        `extra_body`: fields beyond OpenAI's, for endpoints that take them."""
         model = self.settings.primary_llm_model
         with tracer().start_as_current_span(
             f"chat {model}",
@@ -83,6 +85,7 @@ class PrimaryLLM:
                     # W3C trace context: the model server's (or any OTel-instrumented
                     # endpoint's) request span joins this request's trace.
                     extra_headers=context_headers(),
+                    extra_body=extra_body,
                 )
             except Exception as exc:
                 span.set_status(Status(StatusCode.ERROR, str(exc)))

@@ -17,7 +17,13 @@ from collections.abc import Awaitable, Callable
 from datetime import datetime, timedelta
 
 from loraswarm.services.planner import accounting
-from loraswarm.services.planner.compose import ComposeOutcome, compose, from_specialists, numbered_sources
+from loraswarm.services.planner.compose import (
+    ComposeOutcome,
+    compose_legacy,
+    from_specialists,
+    numbered_sources,
+)
+from loraswarm.services.planner.extract import compose_extractive
 from loraswarm.services.planner.guardrails import input_problem, leaked_secret
 from loraswarm.services.planner.llm import PrimaryLLM
 from loraswarm.services.planner.plan import make_plan
@@ -247,16 +253,24 @@ class Planner:
                 state, "no specialist produced an answer (" + "; ".join(errors)[:600] + ")", "llm_error"
             )
             return
-        if use_llm and self._left_s(state) > 1.0:
-            composed = await compose(
-                self.llm,
+        timeout_s = max(0.5, min(self.settings.llm_timeout_s, self._left_s(state) - 0.5))
+        with_llm = use_llm and self._left_s(state) > 1.0
+        if self.settings.composer == "legacy":
+            if with_llm:
+                composed = await compose_legacy(
+                    self.llm, state, max_tokens=self.settings.compose_max_tokens, timeout_s=timeout_s
+                )
+            else:
+                composed = ComposeOutcome(from_specialists(state, numbered_sources(state)), "", TokenUsage())
+        else:
+            # At the deadline there is no time for another LLM call: the extracted sentences stand.
+            composed = await compose_extractive(
+                self.llm if with_llm else None,
                 state,
                 max_tokens=self.settings.compose_max_tokens,
-                timeout_s=max(0.5, min(self.settings.llm_timeout_s, self._left_s(state) - 0.5)),
+                timeout_s=timeout_s,
+                phrase_it=self.settings.compose_phrase,
             )
-        else:
-            # At the deadline there is no time for another LLM call: assemble what arrived.
-            composed = ComposeOutcome(from_specialists(state, numbered_sources(state)), "", TokenUsage())
         state.add_usage("compose", composed.usage)
         state.notes += composed.notes
         state.timings_ms["llm_compose"] = composed.llm_ms
@@ -295,6 +309,7 @@ class Planner:
             timings_ms=state.timings_ms,
             partial=partial,
             notes=state.notes,
+            passages=state.passages,
         )
         await self._finish(state, completed)
 

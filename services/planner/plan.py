@@ -1,7 +1,8 @@
-"""Asking the primary LLM for a plan: which specialists, with which question each.
+"""Asking the primary LLM for a plan: which specialists answer.
 
-The plan comes back as structured output (a JSON schema built from `Plan`, with the tenant's
-specialist names as an enum). An invalid plan, or one naming unknown specialists, is asked for
+A tenant with one specialist needs no plan: it answers, without an LLM call. Otherwise the plan
+comes back as structured output (OpenAI-strict, built from `Plan`, with the tenant's specialist
+names as an enum). An invalid plan, or one naming unknown specialists, is asked for
 once more with the error shown to the model; after that the tenant's default plan is used and
 the completed event says so.
 """
@@ -11,64 +12,60 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from pydantic import BaseModel, Field, ValidationError
+from openai.lib._pydantic import to_strict_json_schema
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from loraswarm.services.planner.llm import LLMError, PrimaryLLM, parse_json_object
 from loraswarm.shared.events import Passage, TokenUsage
 from loraswarm.shared.tenants import PlanStep, TenantConfig
 
 
-# The limits below become `maxLength`/`maxItems` in the JSON schema, and the model server's grammar
-# enforces them token by token: a small model that rambles inside a string is made to close it, so
-# a plan of `max_specialists` tasks fits in `plan_max_tokens` and comes back as valid JSON instead
-# of being cut off (and retried, and replaced by the default plan).
-class PlannedTask(BaseModel):
-    specialist: str = Field(description="One of the tenant's specialists.")
-    question: str = Field(min_length=1, max_length=240, description="What to ask that specialist.")
+@dataclass(frozen=True)
+class PlannedTask:
+    specialist: str
+    question: str
 
 
 class Plan(BaseModel):
-    tasks: list[PlannedTask] = Field(min_length=1)
+    """What the primary LLM decides: who answers. Nothing else — each specialist is asked the
+    user's question, and the composer answers each of its parts — so the plan is a few enum
+    tokens, and the schema needs no length bounds (which OpenAI's strict mode does not allow)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    specialists: list[str] = Field(min_length=1, description="The specialists who answer, best first.")
 
 
 def plan_schema(tenant: TenantConfig) -> dict[str, Any]:
-    schema = Plan.model_json_schema()
-    task = schema["$defs"]["PlannedTask"]
-    task["properties"]["specialist"]["enum"] = [s.name for s in tenant.specialists]
-    schema["properties"]["tasks"]["maxItems"] = tenant.limits.max_specialists
-    task["additionalProperties"] = False
-    schema["additionalProperties"] = False
+    """OpenAI-strict (`to_strict_json_schema`), with the tenant's specialists as the only choices."""
+    schema = to_strict_json_schema(Plan)
+    names = schema["properties"]["specialists"]
+    names["items"]["enum"] = [s.name for s in tenant.specialists]
+    names["maxItems"] = tenant.limits.max_specialists
     return schema
 
 
-def check_plan(plan: Plan, tenant: TenantConfig) -> list[PlannedTask]:
+def check_plan(plan: Plan, tenant: TenantConfig, question: str) -> list[PlannedTask]:
     """The plan's tasks, or `ValueError` naming what is wrong with them."""
-    unknown = [t.specialist for t in plan.tasks if tenant.specialist(t.specialist) is None]
+    unknown = [name for name in plan.specialists if tenant.specialist(name) is None]
     if unknown:
         known = ", ".join(s.name for s in tenant.specialists)
         raise ValueError(f"unknown specialist(s) {unknown}; choose from: {known}")
-    seen: set[str] = set()
-    tasks = []
-    for task in plan.tasks:
-        if task.specialist not in seen:  # one task per specialist; duplicates add nothing
-            seen.add(task.specialist)
-            tasks.append(task)
-    return tasks[: tenant.limits.max_specialists]
+    names = list(dict.fromkeys(plan.specialists))  # one task per specialist; duplicates add nothing
+    return [PlannedTask(name, question) for name in names[: tenant.limits.max_specialists]]
 
 
 def planning_messages(tenant: TenantConfig, question: str, passages: list[Passage]) -> list[dict[str, str]]:
-    roster = "\n".join(f"- {s.name}: {s.description}" for s in tenant.specialists)
-    context = "\n".join(f"- {p.text[:300]}" for p in passages[:5]) or "- (no documents found)"
+    """Short and single-purpose, for the 135M default: choose specialists, nothing else."""
+    roster = "\n".join(f"- {s.name}: {s.description[:100]}" for s in tenant.specialists)
+    context = "\n".join(f"- {p.text[:160]}" for p in passages[:3]) or "- (no documents found)"
     return [
         {
             "role": "system",
-            "content": (
-                f"You plan answers for {tenant.display_name or tenant.tenant_id}. Choose at most "
-                f"{tenant.limits.max_specialists} specialists and write the question each should answer. "
-                f"Specialists:\n{roster}\nAnswer with JSON only."
-            ),
+            "content": f"Pick at most {tenant.limits.max_specialists} specialists to answer the question. "
+            f"Specialists:\n{roster}\nAnswer with JSON only.",
         },
-        {"role": "user", "content": f"Question: {question}\nRelevant documents:\n{context}"},
+        {"role": "user", "content": f"Question: {question}\nDocuments:\n{context}"},
     ]
 
 
@@ -90,6 +87,10 @@ async def make_plan(
     max_tokens: int,
     timeout_s: float,
 ) -> PlanOutcome:
+    if len(tenant.specialists) == 1:
+        # One specialist: nothing to choose, and its question is the user's. No LLM call.
+        only = tenant.specialists[0]
+        return PlanOutcome([PlannedTask(only.name, question)], TokenUsage())
     messages = planning_messages(tenant, question, passages)
     schema = plan_schema(tenant)
     usage = TokenUsage()
@@ -110,7 +111,7 @@ async def make_plan(
         )
         try:
             plan = Plan.model_validate(parse_json_object(completion.text))
-            return PlanOutcome(check_plan(plan, tenant), usage, notes, llm_ms=llm_ms)
+            return PlanOutcome(check_plan(plan, tenant, question), usage, notes, llm_ms=llm_ms)
         except (LLMError, ValidationError, ValueError) as exc:
             error = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
             notes.append(f"plan attempt {attempt} was invalid: {error}")
@@ -121,7 +122,5 @@ async def make_plan(
             ]
     notes.append("used the tenant's default plan")
     steps: list[PlanStep] = tenant.fallback_plan()
-    tasks = [
-        PlannedTask(specialist=s.specialist, question=s.question.format(question=question)) for s in steps
-    ]
+    tasks = [PlannedTask(s.specialist, s.question.format(question=question)) for s in steps]
     return PlanOutcome(tasks, usage, notes, used_default=True, llm_ms=llm_ms)

@@ -20,8 +20,9 @@ from typing import Any
 from huggingface_hub import AsyncInferenceClient, TextGenerationInputGrammarType
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
+from loraswarm.services.planner.checks import supported_by
 from loraswarm.shared.envelope import utc_now
-from loraswarm.shared.events import Handoff, Passage, SpecialistResult, SpecialistTask, TokenUsage
+from loraswarm.shared.events import Citation, Handoff, Passage, SpecialistResult, SpecialistTask, TokenUsage
 from loraswarm.shared.tenants import SpecialistConfig, TenantConfig
 from loraswarm.shared.tracing import tracer
 
@@ -79,6 +80,12 @@ def build_prompt(
     return (
         f"<|im_start|>system\n{system}<|im_end|>\n<|im_start|>user\n{user}<|im_end|>\n<|im_start|>assistant\n"
     )
+
+
+def cited(answer: str, passages: list[Passage], question: str) -> list[Citation]:
+    """Only the passages that state something the answer says (`checks.supported_by`): none by
+    default, whatever the specialist was given."""
+    return [passages[i].citation for i in supported_by(answer, [p.text for p in passages], question)]
 
 
 @dataclass(frozen=True)
@@ -240,7 +247,7 @@ async def run_task(
     output, usage = called
 
     answer, handoff_to = _parse(output.generated_text)
-    citations = [p.citation for p in passages[:3]]
+    citations = cited(answer, passages, task.question)
     if handoff_to and handoff_to in targets:
         other = tenant.specialist(handoff_to)
         assert other is not None  # the tenant config validates hand-off names

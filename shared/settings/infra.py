@@ -32,6 +32,11 @@ class InfraSettings(BaseModel):
     jaeger_query_port: int = Field(default=16686, description="Jaeger's UI and HTTP query API port.")
     jaeger_query_grpc_port: int = Field(default=16685, description="Jaeger's gRPC query API port.")
     jaeger_health_port: int = Field(default=13133, description="Jaeger's health-check port.")
+    llama_cpp_python_version: str = Field(
+        default="0.3.36",
+        description="llama-cpp-python sdist whose vendored llama.cpp builds the llama-server used by the "
+        "strict-schema tests (built once with CMake into <home>/build).",
+    )
     ready_timeout_s: float = Field(default=90.0, description="How long `infra up` waits for health.")
 
     @property

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import BaseModel, Field, SecretStr
 
@@ -44,8 +45,29 @@ class OrchestrationSettings(BaseModel):
         description="Specialist tasks one specialist instance runs at once; TGI and the model server "
         "batch concurrent calls, so this is what fills their batches. 1: one at a time per partition.",
     )
-    plan_max_tokens: int = Field(default=256, ge=16, description="Token limit of the planner's plan.")
-    compose_max_tokens: int = Field(default=320, ge=16, description="Token limit of the composed answer.")
+    plan_max_tokens: int = Field(
+        default=48,
+        ge=16,
+        description="Token limit of the planner's plan (a list of specialist names: about 6 tokens each).",
+    )
+    compose_max_tokens: int = Field(
+        default=160,
+        ge=16,
+        description="Token limit of the composer's LLM call (the phrasing of the extracted sentences; "
+        "the legacy composer writes the whole recommendation in it and needs about 320).",
+    )
+    composer: Literal["extractive", "legacy"] = Field(
+        default="extractive",
+        description="`extractive`: the sentences that answer each part of the question, taken from the "
+        "specialists' answers and the passages, then phrased by the primary LLM under the answer checks. "
+        "`legacy`: one LLM call writes the whole recommendation (the composer before issue 14, kept as "
+        "the eval's baseline).",
+    )
+    compose_phrase: bool = Field(
+        default=True,
+        description="Let the primary LLM phrase the extracted sentences (kept only when it passes the "
+        "checks: no echo, no repetition, every extracted fact kept). Off: the extracted sentences as they are.",
+    )
     retrieval_k: int = Field(
         default=5, ge=1, le=50, description="Passages the planner retrieves per request."
     )

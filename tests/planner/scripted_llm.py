@@ -25,7 +25,7 @@ class Script:
     """Answers in order; `None` means: hang past any timeout. When empty, `default` is used."""
 
     answers: list[str | None] = field(default_factory=list)
-    default: str = '{"tasks": []}'
+    default: str = '{"specialists": []}'
     requests: list[dict[str, Any]] = field(default_factory=list)
 
     def next(self) -> str | None:

@@ -21,21 +21,15 @@ from loraswarm.shared.settings import Settings
 from tests.planner.scripted_llm import Script, serve
 from tests.planner.world import Behaviour, configure, world
 
-GOOD_PLAN = json.dumps({"tasks": [{"specialist": "policy", "question": "What is the refund window?"}]})
-TWO_PLAN = json.dumps(
-    {
-        "tasks": [
-            {"specialist": "policy", "question": "Refund window?"},
-            {"specialist": "support", "question": "Tone?"},
-        ]
-    }
-)
+GOOD_PLAN = json.dumps({"specialists": ["policy"]})
+TWO_PLAN = json.dumps({"specialists": ["policy", "support"]})
 COMPOSED = json.dumps(
     {
         "summary": "Refund it.",
         "recommendations": [{"title": "Refund", "text": "Offer a refund.", "sources": [1]}],
     }
 )
+PHRASED = json.dumps({"answer": "Yes: refunds are accepted within 30 days with a receipt."})
 
 
 def request(**fields: object) -> RecommendationRequested:
@@ -47,16 +41,19 @@ def request(**fields: object) -> RecommendationRequested:
 async def test_a_request_is_planned_fanned_out_and_composed_with_citations(
     settings: Settings, tenants_dir: Path
 ) -> None:
-    script = Script([TWO_PLAN, COMPOSED])
+    script = Script([TWO_PLAN, PHRASED])
+    policy: dict[str, Behaviour] = {"policy": lambda t: "Refunds are accepted within 30 days with a receipt."}
     with serve(script) as url:
-        async with world(configure(settings, tenants_dir, url), {}) as w:
+        async with world(configure(settings, tenants_dir, url), policy) as w:
             req = request()
             await w.bus.publish(req)
             outcome = await w.wait_outcome(req.request_id)
     assert isinstance(outcome, RecommendationCompleted)
     assert not outcome.partial
-    assert outcome.recommendations[0].text == "Offer a refund."
+    assert outcome.recommendations[0].text == "Yes: refunds are accepted within 30 days with a receipt."
     assert outcome.recommendations[0].citations[0].doc_id == "refund-policy"
+    # the phrasing call was given the extracted sentence, not the whole context
+    assert "within 30 days" in script.requests[1]["messages"][-1]["content"]
     adapters = {c.specialist: c.adapter_ids for c in outcome.contributions}
     assert adapters == {"policy": ["acme/company"], "support": ["acme/company", "acme/user-ana"]}
     assert set(outcome.usage_by_step) >= {"plan", "compose"}
@@ -64,7 +61,9 @@ async def test_a_request_is_planned_fanned_out_and_composed_with_citations(
     assert "total" in outcome.timings_ms
     # the plan was asked for with a JSON schema naming only the tenant's specialists
     schema = script.requests[0]["response_format"]["json_schema"]["schema"]
-    assert schema["$defs"]["PlannedTask"]["properties"]["specialist"]["enum"] == ["policy", "support"]
+    assert schema["properties"]["specialists"]["items"]["enum"] == ["policy", "support"]
+    # every specialist is asked the user's own question: the composer answers each of its parts
+    assert {t.question for t in w.tasks} == {req.question}
     # each task names the others asked, so that no specialist hands off to one already on it
     assert {t.specialist: t.peers for t in w.tasks} == {"policy": ["support"], "support": ["policy"]}
 
@@ -72,7 +71,7 @@ async def test_a_request_is_planned_fanned_out_and_composed_with_citations(
 async def test_garbage_then_an_unknown_specialist_falls_back_to_the_default_plan(
     settings: Settings, tenants_dir: Path
 ) -> None:
-    unknown = json.dumps({"tasks": [{"specialist": "astrologer", "question": "Stars?"}]})
+    unknown = json.dumps({"specialists": ["astrologer"]})
     script = Script(["this is not json at all", unknown, COMPOSED])
     with serve(script) as url:
         async with world(configure(settings, tenants_dir, url), {}) as w:
@@ -101,8 +100,9 @@ async def test_a_primary_llm_that_times_out_never_hangs_the_request(
     assert time.monotonic() - started < 10
     assert isinstance(outcome, RecommendationCompleted)
     assert "used the tenant's default plan" in outcome.notes
-    assert any("composed from the specialists' answers" in n for n in outcome.notes)
-    assert outcome.recommendations[0].text == "policy says hello"
+    assert any("kept the extracted sentences: phrasing failed" in n for n in outcome.notes)
+    # "policy says hello" answers nothing: the passage's sentence does
+    assert outcome.recommendations[0].text == "Refunds are accepted within 30 days with a receipt."
 
 
 async def test_a_silent_specialist_ends_the_request_at_its_deadline(
@@ -140,9 +140,9 @@ async def test_an_answer_with_another_tenants_secret_is_withheld(
     settings: Settings, tenants_dir: Path
 ) -> None:
     SecretRegistry(settings.data_dir).register("globex", "GLOBEX-CANARY-493021")
-    script = Script([GOOD_PLAN], default="not json")  # compose falls back to the specialist's own words
+    script = Script([GOOD_PLAN], default="not json")  # phrasing fails: the extracted sentence stands
     with serve(script) as url:
-        leak: dict[str, Behaviour] = {"policy": lambda t: "The code is GLOBEX-CANARY-493021."}
+        leak: dict[str, Behaviour] = {"policy": lambda t: "Refunds in 20 days use code GLOBEX-CANARY-493021."}
         async with world(configure(settings, tenants_dir, url), leak) as w:
             req = request()
             await w.bus.publish(req)

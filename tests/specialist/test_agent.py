@@ -13,10 +13,10 @@ from datetime import timedelta
 import pytest
 from huggingface_hub import AsyncInferenceClient
 
-from loraswarm.services.specialist.agent import _parse, run_task
+from loraswarm.services.specialist.agent import _parse, cited, run_task
 from loraswarm.shared.adapter_store import AdapterStore
 from loraswarm.shared.envelope import utc_now
-from loraswarm.shared.events import SpecialistTask
+from loraswarm.shared.events import Citation, Passage, SpecialistTask
 from loraswarm.shared.settings import ModelServerSettings, Settings
 from loraswarm.shared.tenants import TenantConfig
 from tests.e2e.world import model_server
@@ -101,3 +101,29 @@ async def test_another_failure_is_still_an_error(server: str) -> None:
 )
 def test_the_answer_is_read_from_whole_or_cut_off_json(generated: str, answer: str) -> None:
     assert _parse(generated) == (answer, None)
+
+
+REFUNDS = Passage(
+    text="Tents can be refunded within 30 days.", score=1.0, citation=Citation(doc_id="r", source="h")
+)
+CANTEEN = Passage(text="The canteen opens at 8:00.", score=0.9, citation=Citation(doc_id="c", source="h"))
+
+
+def test_a_specialist_cites_only_what_supports_its_answer() -> None:
+    q = "Can a tent be refunded?"
+    assert [c.doc_id for c in cited("Yes, within 30 days.", [CANTEEN, REFUNDS], q)] == ["r"]
+    assert cited("Ask the manager.", [CANTEEN, REFUNDS], q) == []  # nothing by default
+    assert cited("", [CANTEEN, REFUNDS], q) == []
+
+
+async def test_the_served_answer_never_cites_an_unrelated_passage(server: str) -> None:
+    client = AsyncInferenceClient(base_url=server, headers={"X-Tenant-Id": "acme"})
+    outcome = await run_task(
+        task(["acme/company"]).model_copy(update={"context": [CANTEEN, REFUNDS]}),
+        ACME,
+        client,
+        None,
+        timeout_s=120,
+    )
+    assert outcome.result.error is None, outcome.result.error
+    assert "c" not in {c.doc_id for c in outcome.result.citations}  # whatever the model wrote

@@ -15,7 +15,12 @@ def demo(
     data_dir: Path | None = typer.Option(
         None, "--data-dir", help="Where the demo keeps its state (default: ~/.cache/loraswarm/demo)."
     ),
-    steps: int = typer.Option(20, "--steps", min=1, help="Training steps per adapter (first run only)."),
+    steps: int = typer.Option(
+        20,
+        "--steps",
+        min=0,
+        help="Training steps per adapter (first run only); 0: no training, the base model answers.",
+    ),
     retrain: bool = typer.Option(
         False,
         "--retrain",

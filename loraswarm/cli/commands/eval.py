@@ -26,7 +26,8 @@ def eval_command(
     conditions: str = typer.Option(
         "base,rag,company,company_user,adapter_rag,swarm",
         "--conditions",
-        help="Comma-separated: base, rag, company, company_user, adapter_rag, swarm.",
+        help="Comma-separated: base, rag, company, company_user, adapter_rag, swarm, swarm_legacy "
+        "(the swarm with the composer before issue 14).",
     ),
     out: Path = typer.Option(
         Path("eval-out"), "--out", help="Where report.md, report.json, chart.png and the run's state go."
@@ -36,6 +37,12 @@ def eval_command(
         None, "--steps", min=1, help="Training steps per adapter (default: by size)."
     ),
     concurrency: int = typer.Option(8, "--concurrency", min=1, help="Answers requested at a time."),
+    train: bool = typer.Option(
+        True,
+        "--train/--no-train",
+        help="--no-train: no adapters; every condition, the swarm's specialists included, uses the base model "
+        "(for comparing composers, which do not depend on adapters).",
+    ),
     benchmarks: Path | None = typer.Option(
         None,
         "--benchmarks",
@@ -79,6 +86,7 @@ def eval_command(
         max_new_tokens=dict(size.max_new_tokens),
         hyperparameters=dict(size.hyperparameters),
         min_train_tokens=size.min_train_tokens,
+        train=train,
         sizes=generated | {"size": "quick" if quick else "full"},
     )
     try:
