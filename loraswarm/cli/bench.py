@@ -27,3 +27,19 @@ def events(
     results = asyncio.run(run(settings, n=n, rate=rate, out=out))
     console.print(markdown(results, n, rate, settings.kafka.bootstrap_servers))
     console.print(f"written to {out}")
+
+
+@app.command()
+def state(
+    n: int = typer.Option(100_000, "--finished", "-n", help="Finished requests written to the state topic."),
+    repeats: int = typer.Option(3, "--repeats", help="Restarts per case (the median is reported)."),
+    out: Path = typer.Option(Path("BENCHMARKS.md"), "--out", help="Markdown file to update."),
+) -> None:
+    """Planner restart time with N finished requests in its state topic, vs an empty one."""
+    from loraswarm.bench.state import run
+
+    settings = Settings()
+    rows = asyncio.run(run(settings, n=n, repeats=repeats, out=out))
+    for row in rows:
+        console.print(f"{row.case}: {row.seconds:.3f} s, {row.records_read:,} records")
+    console.print(f"written to {out}")
