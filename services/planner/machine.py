@@ -10,6 +10,7 @@ exactly one `recommendation.completed` or `.failed` exists per request, whatever
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import uuid
 from collections import defaultdict
@@ -74,6 +75,13 @@ class Planner:
             log.error("%s", exc)
             return None
 
+    def _llm_step(
+        self, state: PlannerState, tenant: TenantConfig | None, step: str
+    ) -> contextlib.AbstractContextManager[accounting.StepLedger]:
+        """Account this step's LLM calls; refuse them once the request's token budget is spent."""
+        budget_left = None if tenant is None else tenant.limits.token_budget - state.tokens_used()
+        return accounting.step(state.tenant_id, state.request.user_id, step, budget_left=budget_left)
+
     def _left_s(self, state: PlannerState) -> float:
         return (state.deadline_at - self.now()).total_seconds()
 
@@ -123,16 +131,17 @@ class Planner:
                 return
             state.passages = list(event.passages)
             state.timings_ms["retrieval"] = (self.now() - state.request.occurred_at).total_seconds() * 1000
-            outcome = await make_plan(
-                self.llm,
-                tenant,
-                state.request.question,
-                state.passages,
-                max_tokens=self.settings.plan_max_tokens,
-                timeout_s=max(0.5, min(self.settings.llm_timeout_s, self._left_s(state))),
-            )
+            with self._llm_step(state, tenant, "plan") as ledger:
+                outcome = await make_plan(
+                    self.llm,
+                    tenant,
+                    state.request.question,
+                    state.passages,
+                    max_tokens=self.settings.plan_max_tokens,
+                    timeout_s=max(0.5, min(self.settings.llm_timeout_s, self._left_s(state))),
+                )
             state.notes += outcome.notes
-            state.add_usage("plan", outcome.usage)
+            state.add_usage("plan", ledger.usage)  # every attempt, the rejected ones too
             state.timings_ms["llm_plan"] = outcome.llm_ms
             state.timings_ms["plan"] = (
                 self.now() - state.request.occurred_at
@@ -181,6 +190,7 @@ class Planner:
                 return
             task.result = result
             state.add_usage(f"specialist:{result.specialist}", result.usage)
+            accounting.specialist_result(state.tenant_id, state.request.user_id, result)
             for handoff in result.handoffs:
                 state.tasks.setdefault(
                     str(handoff.task_id),
@@ -246,16 +256,20 @@ class Planner:
             )
             return
         if use_llm and self._left_s(state) > 1.0:
-            composed = await compose(
-                self.llm,
-                state,
-                max_tokens=self.settings.compose_max_tokens,
-                timeout_s=max(0.5, min(self.settings.llm_timeout_s, self._left_s(state) - 0.5)),
-            )
+            with self._llm_step(state, self._tenant(state.tenant_id), "compose") as ledger:
+                composed = await compose(
+                    self.llm,
+                    state,
+                    max_tokens=self.settings.compose_max_tokens,
+                    timeout_s=max(0.5, min(self.settings.llm_timeout_s, self._left_s(state) - 0.5)),
+                )
+            # The ledger's count, not the outcome's: a composition that did not validate is
+            # replaced by the specialists' answers, but its tokens were spent.
+            state.add_usage("compose", ledger.usage)
         else:
             # At the deadline there is no time for another LLM call: assemble what arrived.
             composed = ComposeOutcome(from_specialists(state, numbered_sources(state)), "", TokenUsage())
-        state.add_usage("compose", composed.usage)
+            state.add_usage("compose", composed.usage)
         state.notes += composed.notes
         state.timings_ms["llm_compose"] = composed.llm_ms
         if not composed.recommendations:
@@ -297,7 +311,13 @@ class Planner:
         await self._finish(state, completed)
 
     async def _fail(self, state: PlannerState, reason: str, code: str) -> None:
-        await self._finish(state, state.request.caused(RecommendationFailed, reason=reason, code=code))  # type: ignore[arg-type]
+        failed = state.request.caused(
+            RecommendationFailed,
+            reason=reason,
+            code=code,
+            usage_by_step=state.usage_by_step,
+        )
+        await self._finish(state, failed)
 
     async def _finish(
         self, state: PlannerState, outcome: RecommendationCompleted | RecommendationFailed
@@ -306,9 +326,7 @@ class Planner:
         await self.store.put(state)  # saved first: a crash now re-publishes this same outcome
         await self.publish(outcome)
         state.phase = "done"
-        await self.store.put(state)
-        if isinstance(outcome, RecommendationCompleted):
-            accounting.count(outcome)
+        await self.store.put(state)  # done: tombstoned, no longer read at a restart
 
 
 def _in_sources(passages: list[Passage], sources: list[str]) -> list[Passage]:
