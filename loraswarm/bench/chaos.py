@@ -292,7 +292,10 @@ class Client:
 
     async def send(self, sent: Sent, tenant_id: str, question: str) -> None:
         request = RecommendationRequested(
-            tenant_id=tenant_id, request_id=uuid.UUID(sent.request_id), question=question, deadline_s=DEADLINE_S
+            tenant_id=tenant_id,
+            request_id=uuid.UUID(sent.request_id),
+            question=question,
+            deadline_s=DEADLINE_S,
         )
         record = encode(request)
         headers = [(k, v.encode()) for k, v in record.headers.items()]

@@ -17,7 +17,7 @@ import signal
 import sys
 import threading
 import traceback
-from typing import Literal
+from typing import Any, Literal
 
 import typer
 from rich.console import Console
@@ -54,9 +54,11 @@ async def _run(names: list[str], settings: Settings, host: str, port: int) -> in
         with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):  # not the main thread
             loop.add_signal_handler(sig, stopping.set)
     console.print(f"starting {', '.join(names)} ({settings.broker}); Ctrl-C or SIGTERM stops")
-    waiter = asyncio.create_task(stopping.wait())
+    waiter: asyncio.Task[Any] = asyncio.create_task(stopping.wait())
     done, _ = await asyncio.wait([*runners.values(), waiter], return_when=asyncio.FIRST_COMPLETED)
-    failed = [t for t in done if t is not waiter and not t.cancelled() and t.exception() is not None]
+    failed: list[asyncio.Task[Any]] = [
+        t for t in done if t is not waiter and not t.cancelled() and t.exception() is not None
+    ]
     grace = settings.shutdown_grace_s
     _exit_after(grace, names)  # whatever hangs, the process is gone within the grace
     for task in runners.values():

@@ -7,7 +7,14 @@ from loraswarm.bench.chaos import Kill, Phase, Received, Sent, markdown, tally
 
 def test_each_request_is_counted_once_as_what_it_became() -> None:
     phase = Phase("chaos", 1.0)
-    for rid, at in [("ok", 0.0), ("twice", 1.0), ("copy", 2.0), ("failed", 3.0), ("lost", 4.0), ("late", 9.0)]:
+    for rid, at in [
+        ("ok", 0.0),
+        ("twice", 1.0),
+        ("copy", 2.0),
+        ("failed", 3.0),
+        ("lost", 4.0),
+        ("late", 9.0),
+    ]:
         phase.sent[rid] = Sent(rid, "acme", at, submitted=True)
     phase.sent["refused"] = Sent("refused", "acme", 5.0, submitted=False)
     phase.kills = [Kill("planner", 5.0), Kill("kafka", 20.0)]

@@ -48,7 +48,7 @@ def publish_llama_adapter(
     from peft import AdaptionPromptConfig, TaskType, get_peft_model
 
     config = AdaptionPromptConfig(adapter_len=4, adapter_layers=2, task_type=TaskType.CAUSAL_LM)
-    get_peft_model(copy.deepcopy(factory.base), config).save_pretrained(folder)
+    get_peft_model(copy.deepcopy(factory.base), config).save_pretrained(str(folder))
     manifest = AdapterManifest(
         tenant_id=tenant,
         name=name,
