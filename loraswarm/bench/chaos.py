@@ -173,8 +173,14 @@ class Cluster:
 
     def kafka_up(self) -> None:
         from loraswarm.infra import kafka
+        from loraswarm.infra.process import InfraError
 
-        kafka.up(self.infra)
+        try:
+            kafka.up(self.infra)
+        except InfraError:
+            # Formatting fails when the random cluster id starts with "-" (read as an option);
+            # a second id almost never does.
+            kafka.up(self.infra)
 
     def kafka_kill(self) -> None:
         from loraswarm.infra import kafka
