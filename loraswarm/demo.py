@@ -27,7 +27,7 @@ from rich.panel import Panel
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from loraswarm.services.planner import checks
+from loraswarm.shared import answer_checks as checks
 from loraswarm.shared.bus import EventBus
 from loraswarm.shared.events import (
     AdapterTrainRequested,

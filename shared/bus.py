@@ -201,6 +201,12 @@ class EventBus:
         )
         self._stack: AsyncExitStack | None = None
         self._on_stop: list[Callable[[], Awaitable[object]]] = []
+        # Shutdown: once stopping, fetched records are left unhandled (and uncommitted); the
+        # handlers already running are waited for (`_running` counts the one-at-a-time ones).
+        self._stopping = False
+        self._running: dict[asyncio.Task[Any], int] = {}  # task -> handlers it runs now
+        self._idle = asyncio.Event()
+        self._idle.set()
 
     # ------------------------------------------------------------------ wiring
 
@@ -268,9 +274,11 @@ class EventBus:
                 await by_topic[record.topic].handled(consumer, record.topic, record.partition, end)
 
             for record in raw if isinstance(raw, (list, tuple)) else [raw]:
+                if self._stopping:
+                    return  # not handled, not committed: the next owner gets it
                 policy = by_topic[record.topic]
                 if lanes is None:
-                    await policy.handle_records([record], consumer)
+                    await self._one_at_a_time(policy, record, consumer)
                 else:
                     await lanes.submit(record, policy.handle_record, done)
 
@@ -290,6 +298,20 @@ class EventBus:
             title=f"{group}:{','.join(names)}",
             description=description or f"{group} handles {', '.join(names)}",
         )(on_records)
+
+    async def _one_at_a_time(self, policy: ConsumerPolicy[Any], record: Any, consumer: Any) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self._running[task] = self._running.get(task, 0) + 1
+        self._idle.clear()
+        try:
+            await policy.handle_records([record], consumer)
+        finally:
+            self._running[task] -= 1
+            if not self._running[task]:
+                del self._running[task]
+            if not self._running:
+                self._idle.set()
 
     # ------------------------------------------------------------------ publishing
 
@@ -350,10 +372,11 @@ class EventBus:
 
     async def start(self) -> None:
         self._stack = AsyncExitStack()
+        self._stopping = False
         if self.settings.broker == "memory":
             await _IN_PROCESS.join(self.settings)
             self._stack.push_async_callback(_IN_PROCESS.leave, self.settings)
-            self._stack.push_async_callback(self._close_lanes)  # runs first (LIFO)
+            self._stack.push_async_callback(self._finish_handlers)  # runs first (LIFO)
             return
         await ensure_topics(self.settings.kafka)
         await self.broker.start()
@@ -362,13 +385,33 @@ class EventBus:
         self._stack.push_async_callback(self._flush)
 
     async def _flush(self) -> None:
-        await self._close_lanes()  # then commit the finished prefix of each partition
+        await self._finish_handlers()  # then commit the finished prefix of each partition
         for policy in self.policies:
             await policy.flush()
 
-    async def _close_lanes(self) -> None:
+    def handler_grace_s(self) -> float:
+        """How long stopping waits for running handlers: the grace, less a moment to commit and
+        close within it."""
+        grace = self.settings.shutdown_grace_s
+        return max(grace * 0.5, grace - 2.0)
+
+    async def _finish_handlers(self) -> None:
+        """Stop handling, and give the running handlers the grace to finish (same on both brokers)."""
+        self._stopping = True
+        loop = asyncio.get_running_loop()
+        until = loop.time() + self.handler_grace_s()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._idle.wait(), timeout=self.handler_grace_s())
+        # Past the grace a handler is stopped: its record stays uncommitted and comes again. (In
+        # process, the task is the broker's delivery worker, shared by every bus: it stops when
+        # the last bus leaves.)
+        stuck = list(self._running) if self.settings.broker == "kafka" else []
+        for task in stuck:
+            task.cancel()
+        if stuck:
+            await asyncio.wait(stuck, timeout=1.0)
         for lanes in self._lanes:
-            await lanes.close()
+            await lanes.close(max(0.0, until - loop.time()))
 
     async def stop(self) -> None:
         if self._stack is not None:

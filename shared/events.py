@@ -109,6 +109,9 @@ class RecommendationFailed(Envelope):
     user_id: UserId | None = None
     reason: str = Field(description="Why, in a sentence a user can act on.")
     code: Literal["deadline", "invalid_request", "llm_error", "guardrail", "internal"]
+    usage_by_step: dict[str, TokenUsage] = Field(
+        default_factory=dict, description="Tokens every LLM call of the request used before it failed."
+    )
 
 
 # ---------------------------------------------------------------- retrieval

@@ -121,10 +121,13 @@ class Lanes:
         if end is not None:
             await done(record, end)
 
-    async def close(self) -> None:
-        """Stop what is running (shutdown); unfinished records were not committed."""
+    async def close(self, grace_s: float = 0.0) -> None:
+        """Shutdown: start nothing new, let what runs finish for up to `grace_s`, then stop the
+        rest; what did not finish stays uncommitted and is delivered again."""
         self._closed = True
         tasks = list(self._tasks)
+        if tasks and grace_s > 0:
+            await asyncio.wait(tasks, timeout=grace_s)
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)

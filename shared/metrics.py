@@ -91,7 +91,8 @@ LLM_DURATION = Histogram(
 )
 REQUEST_TOKENS = Counter(
     "loraswarm_request_tokens",
-    "Tokens spent on answered requests, by tenant, user, adapter stack, step and direction.",
+    "Tokens of every LLM call of a request (answered or failed), by tenant, user, adapter stack, "
+    "step and direction.",
     ["tenant", "user", "adapter", "step", "direction"],
 )
 

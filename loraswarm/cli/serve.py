@@ -2,7 +2,8 @@
 
 Each service package `loraswarm.services.<name>` has an `app.py` with
 `async def run(settings: Settings, *, host: str, port: int) -> None` that runs until cancelled
-(services without HTTP ignore host and port).
+(services without HTTP ignore host and port) and, cancelled, stops gracefully within
+`settings.shutdown_grace_s`.
 """
 
 from __future__ import annotations
@@ -13,7 +14,10 @@ import importlib
 import os
 import pkgutil
 import signal
-from typing import Literal
+import sys
+import threading
+import traceback
+from typing import Any, Literal
 
 import typer
 from rich.console import Console
@@ -29,30 +33,63 @@ def available() -> list[str]:
     return sorted(m.name for m in pkgutil.iter_modules(services.__path__) if m.ispkg)
 
 
-async def _run(names: list[str], settings: Settings, host: str, port: int) -> None:
+async def _run(names: list[str], settings: Settings, host: str, port: int) -> int:
+    """Run the services until a signal (or until one fails); the exit status."""
     if len(names) > 1:
         # One process, one tracer provider: its spans say `loraswarm`, not the first service's name.
         configure_tracing("loraswarm", settings.tracing)
-    # SIGTERM (Kubernetes, Docker, systemd) and SIGINT stop the services the same way: their
-    # tasks are cancelled, so consumers commit and leave the group and spans are flushed. The
-    # handlers are installed here, not left to Python's defaults: a process started in the
-    # background of a non-interactive shell inherits SIGINT ignored, and SIGTERM would kill it
-    # on the spot. (A service may install its own handler after this one, as the model server does.)
-    stop = asyncio.current_task()
-    assert stop is not None
+    runners: dict[str, asyncio.Task[None]] = {}
+    for name in names:
+        module = importlib.import_module(f"{services.__name__}.{name}.app")
+        runners[name] = asyncio.create_task(module.run(settings, host=host, port=port), name=name)
+    # SIGTERM (Kubernetes, Docker, systemd) and SIGINT stop the services the same way: each
+    # service's task is cancelled once, so it stops consuming, lets its running handlers finish
+    # (or hands them back uncommitted), commits, closes its clients and flushes its spans, within
+    # `shutdown_grace_s`. The handlers are installed here, not left to Python's defaults: a
+    # process started in the background of a non-interactive shell inherits SIGINT ignored, and
+    # SIGTERM would kill it on the spot.
+    stopping = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):  # not the main thread
-            loop.add_signal_handler(sig, stop.cancel)
-    runners = []
-    for name in names:
-        module = importlib.import_module(f"{services.__name__}.{name}.app")
-        runners.append(module.run(settings, host=host, port=port))
+            loop.add_signal_handler(sig, stopping.set)
     console.print(f"starting {', '.join(names)} ({settings.broker}); Ctrl-C or SIGTERM stops")
-    try:
-        await asyncio.gather(*runners)
-    except asyncio.CancelledError:
-        console.print(f"stopped {', '.join(names)}")
+    waiter: asyncio.Task[Any] = asyncio.create_task(stopping.wait())
+    done, _ = await asyncio.wait([*runners.values(), waiter], return_when=asyncio.FIRST_COMPLETED)
+    failed: list[asyncio.Task[Any]] = [
+        t for t in done if t is not waiter and not t.cancelled() and t.exception() is not None
+    ]
+    grace = settings.shutdown_grace_s
+    _exit_after(grace, names)  # whatever hangs, the process is gone within the grace
+    for task in runners.values():
+        task.cancel()
+    waiter.cancel()
+    # Each task stops on its own: one that finishes first must not cut the others' shutdown
+    # short (a gather would return at the first cancelled one).
+    _, pending = await asyncio.wait(runners.values(), timeout=max(0.1, grace - 0.5))
+    for task in failed:
+        error = task.exception()
+        assert error is not None
+        console.print(f"{task.get_name()} failed:")
+        traceback.print_exception(error)
+    if pending:
+        console.print(f"not stopped within {grace:.0f} s: {', '.join(t.get_name() for t in pending)}")
+    console.print(f"stopped {', '.join(names)}")
+    return 1 if failed or pending else 0
+
+
+def _exit_after(grace_s: float, names: list[str]) -> None:
+    """End the process `grace_s` (plus a moment) from now if it has not ended by itself: a
+    thread stuck in a native call, or the interpreter waiting on one at exit, cannot keep it."""
+
+    def hard_exit() -> None:
+        print(f"loraswarm: {', '.join(names)} did not exit within {grace_s:.0f} s; exiting", file=sys.stderr)
+        sys.stderr.flush()
+        os._exit(1)
+
+    timer = threading.Timer(grace_s, hard_exit)
+    timer.daemon = True
+    timer.start()
 
 
 def serve(
@@ -74,5 +111,25 @@ def serve(
         settings.broker = broker
     elif service == "all" and "LORASWARM_BROKER" not in os.environ:
         settings.broker = "memory"
+    status = 0
     with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(_run(names if service == "all" else [service], settings, host, port))
+        status = asyncio.run(_run(names if service == "all" else [service], settings, host, port))
+    # The services have committed, closed their clients and flushed their spans. What is left is
+    # the interpreter's teardown (freeing the models, joining library threads), which took
+    # seconds on a loaded machine and counts against the grace: flush what is buffered and end.
+    _flush_and_exit(status)
+
+
+def _flush_and_exit(status: int) -> None:
+    import logging
+
+    from opentelemetry import trace
+
+    provider = trace.get_tracer_provider()
+    shutdown = getattr(provider, "shutdown", None)
+    if callable(shutdown):
+        shutdown()
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(status)

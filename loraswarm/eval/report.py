@@ -14,7 +14,7 @@ from loraswarm.eval.conditions import SPECS, Answer
 from loraswarm.eval.questions import EvalQuestion
 from loraswarm.eval.runner import EvalRun
 from loraswarm.eval.scoring import Estimate, bootstrap, contains, fact_scores, process_scores, style_score
-from loraswarm.services.planner import checks
+from loraswarm.shared import answer_checks as checks
 
 METRICS = ("fact_accuracy", "fact_exact", "process_recall", "process_order", "style_adherence")
 _CHARTED = ("fact_accuracy", "process_recall", "process_order", "style_adherence")

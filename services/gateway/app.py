@@ -124,7 +124,15 @@ async def run(settings: Settings, *, host: str, port: int) -> None:
     provider = configure_tracing(SERVICE, settings.tracing)
     gw, app = build(settings)
     server = Server(
-        uvicorn.Config(app, host=host, port=port or settings.gateway.port, lifespan="off", access_log=False)
+        uvicorn.Config(
+            app,
+            host=host,
+            port=port or settings.gateway.port,
+            lifespan="off",
+            access_log=False,
+            # Streams (SSE) stay open: past half the grace they are closed, so the bus can stop too.
+            timeout_graceful_shutdown=max(1, int(settings.shutdown_grace_s / 2)),
+        )
     )
     try:
         async with gw, _lag_monitor(settings):

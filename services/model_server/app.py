@@ -78,6 +78,7 @@ async def run(settings: Settings, *, host: str, port: int) -> None:
             port=port or settings.model_server.port,
             lifespan="off",
             access_log=False,
+            timeout_graceful_shutdown=max(1, int(settings.shutdown_grace_s / 2)),
         )
     )
     events = asyncio.create_task(consume_events(settings, server))

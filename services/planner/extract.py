@@ -21,10 +21,10 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from loraswarm.services.planner import checks
 from loraswarm.services.planner.compose import ComposeOutcome
 from loraswarm.services.planner.llm import LLMError, PrimaryLLM, parse_json_object
 from loraswarm.services.planner.state import PlannerState
+from loraswarm.shared import answer_checks as checks
 from loraswarm.shared.events import Recommendation, TokenUsage
 
 # A part counts as answered by a unit sharing at least this share of the part's terms.

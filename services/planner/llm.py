@@ -10,6 +10,7 @@ from typing import Any, cast
 from openai import AsyncOpenAI
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
+from loraswarm.services.planner import accounting
 from loraswarm.shared.events import TokenUsage
 from loraswarm.shared.settings import OrchestrationSettings
 from loraswarm.shared.tracing import context_headers, tracer
@@ -55,8 +56,18 @@ class PrimaryLLM:
         extra_body: dict[str, Any] | None = None,
     ) -> Completion:
         """One chat completion constrained to `schema` (OpenAI `response_format` json_schema);
-        `extra_body`: fields beyond OpenAI's, for endpoints that take them."""
+        `extra_body`: fields beyond OpenAI's, for endpoints that take them.
+
+        Inside `accounting.step(...)` the call is refused when the request's budget is spent, and
+        its usage is recorded as soon as it is answered, whatever the caller makes of the answer.
+        """
         model = self.settings.primary_llm_model
+        ledger = accounting.current()
+        if ledger is not None:
+            try:
+                ledger.check()
+            except accounting.BudgetSpent as exc:
+                raise LLMError(str(exc)) from exc
         with tracer().start_as_current_span(
             f"chat {model}",
             kind=SpanKind.CLIENT,
@@ -95,6 +106,8 @@ class PrimaryLLM:
                 input_tokens=response.usage.prompt_tokens if response.usage else 0,
                 output_tokens=response.usage.completion_tokens if response.usage else 0,
             )
+            if ledger is not None:
+                ledger.record(model, usage)
             span.set_attribute("gen_ai.response.model", response.model or model)
             span.set_attribute("gen_ai.usage.input_tokens", usage.input_tokens)
             span.set_attribute("gen_ai.usage.output_tokens", usage.output_tokens)

@@ -10,6 +10,7 @@ exactly one `recommendation.completed` or `.failed` exists per request, whatever
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import uuid
 from collections import defaultdict
@@ -80,6 +81,13 @@ class Planner:
             log.error("%s", exc)
             return None
 
+    def _llm_step(
+        self, state: PlannerState, tenant: TenantConfig | None, step: str
+    ) -> contextlib.AbstractContextManager[accounting.StepLedger]:
+        """Account this step's LLM calls; refuse them once the request's token budget is spent."""
+        budget_left = None if tenant is None else tenant.limits.token_budget - state.tokens_used()
+        return accounting.step(state.tenant_id, state.request.user_id, step, budget_left=budget_left)
+
     def _left_s(self, state: PlannerState) -> float:
         return (state.deadline_at - self.now()).total_seconds()
 
@@ -131,16 +139,17 @@ class Planner:
                 return
             state.passages = list(event.passages)
             state.timings_ms["retrieval"] = (self.now() - state.request.occurred_at).total_seconds() * 1000
-            outcome = await make_plan(
-                self.llm,
-                tenant,
-                state.request.question,
-                state.passages,
-                max_tokens=self.settings.plan_max_tokens,
-                timeout_s=max(0.5, min(self.settings.llm_timeout_s, self._left_s(state))),
-            )
+            with self._llm_step(state, tenant, "plan") as ledger:
+                outcome = await make_plan(
+                    self.llm,
+                    tenant,
+                    state.request.question,
+                    state.passages,
+                    max_tokens=self.settings.plan_max_tokens,
+                    timeout_s=max(0.5, min(self.settings.llm_timeout_s, self._left_s(state))),
+                )
             state.notes += outcome.notes
-            state.add_usage("plan", outcome.usage)
+            state.add_usage("plan", ledger.usage)  # every attempt, the rejected ones too
             state.timings_ms["llm_plan"] = outcome.llm_ms
             state.timings_ms["plan"] = (
                 self.now() - state.request.occurred_at
@@ -189,6 +198,7 @@ class Planner:
                 return
             task.result = result
             state.add_usage(f"specialist:{result.specialist}", result.usage)
+            accounting.specialist_result(state.tenant_id, state.request.user_id, result)
             for handoff in result.handoffs:
                 state.tasks.setdefault(
                     str(handoff.task_id),
@@ -255,23 +265,28 @@ class Planner:
             return
         timeout_s = max(0.5, min(self.settings.llm_timeout_s, self._left_s(state) - 0.5))
         with_llm = use_llm and self._left_s(state) > 1.0
-        if self.settings.composer == "legacy":
-            if with_llm:
-                composed = await compose_legacy(
-                    self.llm, state, max_tokens=self.settings.compose_max_tokens, timeout_s=timeout_s
-                )
+        # Every LLM call inside the ledger is counted, also one whose answer is thrown away (an
+        # echo retried, a phrasing that did not validate): its tokens were spent.
+        with self._llm_step(state, self._tenant(state.tenant_id), "compose") as ledger:
+            if self.settings.composer == "legacy":
+                if with_llm:
+                    composed = await compose_legacy(
+                        self.llm, state, max_tokens=self.settings.compose_max_tokens, timeout_s=timeout_s
+                    )
+                else:
+                    composed = ComposeOutcome(
+                        from_specialists(state, numbered_sources(state)), "", TokenUsage()
+                    )
             else:
-                composed = ComposeOutcome(from_specialists(state, numbered_sources(state)), "", TokenUsage())
-        else:
-            # At the deadline there is no time for another LLM call: the extracted sentences stand.
-            composed = await compose_extractive(
-                self.llm if with_llm else None,
-                state,
-                max_tokens=self.settings.compose_max_tokens,
-                timeout_s=timeout_s,
-                phrase_it=self.settings.compose_phrase,
-            )
-        state.add_usage("compose", composed.usage)
+                # At the deadline there is no time for another LLM call: the extracted sentences stand.
+                composed = await compose_extractive(
+                    self.llm if with_llm else None,
+                    state,
+                    max_tokens=self.settings.compose_max_tokens,
+                    timeout_s=timeout_s,
+                    phrase_it=self.settings.compose_phrase,
+                )
+        state.add_usage("compose", ledger.usage)
         state.notes += composed.notes
         state.timings_ms["llm_compose"] = composed.llm_ms
         if not composed.recommendations:
@@ -314,7 +329,13 @@ class Planner:
         await self._finish(state, completed)
 
     async def _fail(self, state: PlannerState, reason: str, code: str) -> None:
-        await self._finish(state, state.request.caused(RecommendationFailed, reason=reason, code=code))  # type: ignore[arg-type]
+        failed = state.request.caused(
+            RecommendationFailed,
+            reason=reason,
+            code=code,
+            usage_by_step=state.usage_by_step,
+        )
+        await self._finish(state, failed)
 
     async def _finish(
         self, state: PlannerState, outcome: RecommendationCompleted | RecommendationFailed
@@ -323,9 +344,7 @@ class Planner:
         await self.store.put(state)  # saved first: a crash now re-publishes this same outcome
         await self.publish(outcome)
         state.phase = "done"
-        await self.store.put(state)
-        if isinstance(outcome, RecommendationCompleted):
-            accounting.count(outcome)
+        await self.store.put(state)  # done: tombstoned, no longer read at a restart
 
 
 def _in_sources(passages: list[Passage], sources: list[str]) -> list[Passage]:

@@ -5,6 +5,21 @@ keyed by request id and written to the partition its tenant's events use. Each p
 tails the whole topic into a local table; before it reads a request's state it waits until the
 table has caught up with the topic's end (a read barrier), so an instance that takes over a
 tenant after another one died continues from the last state that one wrote.
+
+The topic holds live requests only. When a request is done its key gets a tombstone (a record
+with no value), so compaction removes every record of it, and an instance that starts later
+reads only the requests still in flight: restart time depends on what is open, not on how many
+requests were ever served. Compaction settings (`STATE_TOPIC_CONFIG`, applied when the topic is
+created): `cleanup.policy=compact`; `segment.ms` 10 min so the active segment, which compaction
+never touches, holds at most that much history; `min.cleanable.dirty.ratio` 0.1 so the cleaner
+runs once a tenth of the log is superseded; `delete.retention.ms` 10 min, how long a tombstone
+itself stays, which must exceed the time an instance takes to read the topic from the start
+(Kafka guarantees a reader that reaches the end within it sees every tombstone).
+
+A finished request is still remembered, in memory, by the instances that saw it finish (a
+bounded table of the latest `remember_finished`): a redelivered `recommendation.requested` of a
+request that just finished is then ignored, not answered twice. The window is the table's size;
+beyond it the outcome's derived event id still lets consumers skip a second copy.
 """
 
 from __future__ import annotations
@@ -12,7 +27,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import uuid
-from datetime import datetime, timedelta
+from collections import OrderedDict
+from datetime import datetime
 from typing import Any, Literal, Protocol
 
 from aiokafka.partitioner import DefaultPartitioner
@@ -31,6 +47,13 @@ from loraswarm.shared.settings import Settings
 from loraswarm.shared.topics import prefixed
 
 STATE_TOPIC = "planner.state"
+STATE_TOPIC_CONFIG = {
+    "cleanup.policy": "compact",
+    "segment.ms": str(10 * 60 * 1000),
+    "min.cleanable.dirty.ratio": "0.1",
+    "delete.retention.ms": str(10 * 60 * 1000),
+}
+REMEMBER_FINISHED = 10_000
 
 
 class TaskState(BaseModel):
@@ -91,11 +114,35 @@ class StateStore(Protocol):
     def open_states(self) -> list[PlannerState]: ...
 
 
-class MemoryStateStore:
-    """The embedded default's store: one process, one table."""
+class FinishedRequests:
+    """The latest finished requests, stripped to what deduplication needs, at most `limit`."""
 
-    def __init__(self) -> None:
+    def __init__(self, limit: int = REMEMBER_FINISHED) -> None:
+        self.limit = limit
+        self._states: OrderedDict[uuid.UUID, PlannerState] = OrderedDict()
+
+    def add(self, state: PlannerState) -> None:
+        stripped = state.model_copy(
+            update={"phase": "done", "passages": [], "tasks": {}, "early_results": {}, "outcome": None}
+        )
+        self._states[state.request_id] = stripped
+        self._states.move_to_end(state.request_id)
+        while len(self._states) > self.limit:
+            self._states.popitem(last=False)
+
+    def get(self, request_id: uuid.UUID) -> PlannerState | None:
+        return self._states.get(request_id)
+
+    def __len__(self) -> int:
+        return len(self._states)
+
+
+class MemoryStateStore:
+    """The embedded default's store: one process, a table of the open requests."""
+
+    def __init__(self, *, remember_finished: int = REMEMBER_FINISHED) -> None:
         self._table: dict[uuid.UUID, PlannerState] = {}
+        self.finished = FinishedRequests(remember_finished)
 
     async def start(self) -> None:
         return None
@@ -104,23 +151,38 @@ class MemoryStateStore:
         return None
 
     async def get(self, request_id: uuid.UUID) -> PlannerState | None:
-        return self._table.get(request_id)
+        return self._table.get(request_id) or self.finished.get(request_id)
 
     async def put(self, state: PlannerState) -> None:
-        self._table[state.request_id] = state
+        if state.phase == "done":
+            self._table.pop(state.request_id, None)
+            self.finished.add(state)
+        else:
+            self._table[state.request_id] = state
 
     def open_states(self) -> list[PlannerState]:
-        return [s for s in self._table.values() if s.phase != "done"]
+        return list(self._table.values())
+
+    def __len__(self) -> int:
+        return len(self._table)
 
 
 class KafkaStateStore:
     """Planner state in a compacted Kafka topic, tailed into a local table by every instance."""
 
-    def __init__(self, settings: Settings, *, done_retention: timedelta = timedelta(hours=24)) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        remember_finished: int = REMEMBER_FINISHED,
+        topic_config: dict[str, str] | None = None,
+    ) -> None:
         self.settings = settings
         self.topic = prefixed(STATE_TOPIC, settings.kafka.topic_prefix)
         self._table: dict[uuid.UUID, PlannerState] = {}
-        self._done_retention = done_retention
+        self.finished = FinishedRequests(remember_finished)
+        self._topic_config = topic_config or STATE_TOPIC_CONFIG
+        self.records_read = 0
         self._partitioner = DefaultPartitioner()
         self._tail_task: asyncio.Task[None] | None = None
 
@@ -130,7 +192,7 @@ class KafkaStateStore:
         from loraswarm.shared.bus import _aiokafka_security, ensure_topics
 
         kafka = self.settings.kafka
-        await ensure_topics(kafka, (STATE_TOPIC,), config={"cleanup.policy": "compact"})
+        await ensure_topics(kafka, (STATE_TOPIC,), config=self._topic_config)
         security = _aiokafka_security(kafka)
         self._producer = AIOKafkaProducer(bootstrap_servers=kafka.bootstrap_servers, acks="all", **security)
         self._consumer = AIOKafkaConsumer(
@@ -159,7 +221,8 @@ class KafkaStateStore:
         self._consumer.assign(self._partitions)
         await self._consumer.seek_to_beginning(*self._partitions)
         self._tail_task = asyncio.create_task(self._tail())
-        await self._barrier()
+        # A first read of the whole topic may take longer than a read barrier normally does.
+        await self._barrier(timeout_s=300.0)
 
     async def stop(self) -> None:
         if self._tail_task is not None:
@@ -174,10 +237,14 @@ class KafkaStateStore:
         while True:
             batch = await self._consumer.getmany(timeout_ms=200)
             for records in batch.values():
+                self.records_read += len(records)
                 for record in records:
                     key = uuid.UUID(record.key.decode())
                     if record.value is None:
-                        self._table.pop(key, None)
+                        # Finished (by us or by the instance that owned it): remember, forget.
+                        state = self._table.pop(key, None)
+                        if state is not None:
+                            self.finished.add(state)
                     else:
                         self._table[key] = PlannerState.model_validate_json(record.value)
 
@@ -203,23 +270,26 @@ class KafkaStateStore:
 
     async def get(self, request_id: uuid.UUID) -> PlannerState | None:
         await self._barrier()
-        return self._table.get(request_id)
+        return self._table.get(request_id) or self.finished.get(request_id)
 
     async def put(self, state: PlannerState) -> None:
+        """Save an open request's state; a done one is tombstoned (its outcome is published)."""
         state = state.model_copy(update={"updated_at": utc_now()})
+        done = state.phase == "done"
         await self._producer.send_and_wait(
             self.topic,
-            state.model_dump_json().encode(),
+            None if done else state.model_dump_json().encode(),
             key=str(state.request_id).encode(),
             partition=self.partition_of(state.tenant_id),
         )
-        self._table[state.request_id] = state
-        self._forget_old_done()
-
-    def _forget_old_done(self) -> None:
-        cutoff = utc_now() - self._done_retention
-        for request_id in [k for k, s in self._table.items() if s.phase == "done" and s.updated_at < cutoff]:
-            del self._table[request_id]
+        if done:
+            self._table.pop(state.request_id, None)
+            self.finished.add(state)
+        else:
+            self._table[state.request_id] = state
 
     def open_states(self) -> list[PlannerState]:
-        return [s for s in self._table.values() if s.phase != "done"]
+        return list(self._table.values())
+
+    def __len__(self) -> int:
+        return len(self._table)

@@ -20,9 +20,10 @@ from typing import Any
 from huggingface_hub import AsyncInferenceClient, TextGenerationInputGrammarType
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
-from loraswarm.services.planner.checks import supported_by
+from loraswarm.shared.answer_checks import supported_by
 from loraswarm.shared.envelope import utc_now
 from loraswarm.shared.events import Citation, Handoff, Passage, SpecialistResult, SpecialistTask, TokenUsage
+from loraswarm.shared.metrics import count_tokens
 from loraswarm.shared.tenants import SpecialistConfig, TenantConfig
 from loraswarm.shared.tracing import tracer
 
@@ -123,15 +124,27 @@ class _AdapterNotFound:
     reason: str
 
 
+# Answers that mean "this adapter cannot be served here", not "the call failed": the model
+# server's 404 `adapter_not_found` and 422 `invalid_adapter` (a LLaMA-Adapter, another base model,
+# a malformed file), and vLLM's 404 `NotFoundError` for a name it does not know.
+_CANNOT_SERVE = {(404, "adapter_not_found"), (422, "invalid_adapter"), (404, "NotFoundError")}
+
+
 def _adapter_not_found(exc: BaseException) -> bool:
-    """The server's 404 `adapter_not_found` (huggingface_hub keeps the HTTP error as the cause)."""
+    """Whether the server said it cannot serve the adapter (huggingface_hub keeps the HTTP error
+    as the cause): the specialist then falls back to fewer adapters, as when one is missing."""
     response = getattr(exc.__cause__, "response", None)
-    if response is None or response.status_code != 404:
+    if response is None or response.status_code not in {status for status, _ in _CANNOT_SERVE}:
         return False
     try:
-        return bool(response.json().get("error_type") == "adapter_not_found")
+        body = response.json()
     except ValueError:
         return False
+    if not isinstance(body, dict):
+        return False
+    error = body.get("error")
+    kind = error.get("type") if isinstance(error, dict) else body.get("error_type")
+    return (response.status_code, kind) in _CANNOT_SERVE
 
 
 async def _generate(
@@ -236,8 +249,8 @@ async def run_task(
         called = await _generate(tgi, prompt, spec, adapter_ids, targets, min(left, timeout_s))
         if not isinstance(called, _AdapterNotFound):
             break
-        # An adapter not (yet) published: TGI would quietly use the base model; this server says
-        # so (404 adapter_not_found). Answer with what exists — the company adapter alone, then
+        # An adapter not (yet) published, or one it cannot serve: TGI would quietly use the base
+        # model; this server says so (404 adapter_not_found, 422 invalid_adapter). Answer with what exists — the company adapter alone, then
         # the base model — and report the stack that really ran.
         fewer = adapter_ids[:1] if len(adapter_ids) > 1 else []
         log.warning("%s for %s; answering with %s", called.reason, task.specialist, fewer or "the base model")
@@ -245,6 +258,13 @@ async def run_task(
     if isinstance(called, str):
         return TaskOutcome(result(error=f"the model call failed: {called}", adapter_ids=adapter_ids), None)
     output, usage = called
+    count_tokens(
+        "specialist",
+        task.tenant_id,
+        adapter_stack_id(adapter_ids) or "base",
+        input_tokens=usage.input_tokens,
+        output_tokens=usage.output_tokens,
+    )
 
     answer, handoff_to = _parse(output.generated_text)
     citations = cited(answer, passages, task.question)

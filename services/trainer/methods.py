@@ -20,8 +20,32 @@ from pydantic import ValidationError
 
 from loraswarm.services.trainer.errors import InvalidRequest
 from loraswarm.shared.settings.trainer import LLAMA_ADAPTER_ONLY, LORA_ONLY, Hyperparameters
+from loraswarm.shared.tenants import TenantConfig
 
 Method = Literal["lora", "llama_adapter"]
+
+# What the serving engines apply per request: the model server, vLLM and TGI all serve LoRA
+# only. Until one serves LLaMA-Adapter, such an adapter under a name the specialists ask for
+# would make every request of its scope fall back (or fail), so it is not published there.
+SERVABLE: frozenset[str] = frozenset({"lora"})
+
+
+def served_name(tenant_id: str, name: str, config: TenantConfig | None) -> bool:
+    """Whether the specialists ask for `<tenant_id>/<name>` (the company or a user's adapter)."""
+    company = (config.company_adapter if config else None) or f"{tenant_id}/company"
+    prefix = config.user_adapter_prefix if config else "user-"
+    return f"{tenant_id}/{name}" == company or name.startswith(prefix)
+
+
+def check_servable(method: Method, tenant_id: str, name: str, config: TenantConfig | None) -> None:
+    """`InvalidRequest` if the engine cannot serve `method` and the specialists use this name."""
+    if method in SERVABLE or not served_name(tenant_id, name, config):
+        return
+    raise InvalidRequest(
+        f"{tenant_id}/{name} is an adapter name the specialists serve, and the serving engine cannot "
+        f"serve a {method!r} adapter (only {', '.join(sorted(SERVABLE))}); train it with method 'lora', "
+        f"or under another name (e.g. {name}-{method.replace('_', '-')}) to evaluate it"
+    )
 
 
 def hyperparameters(method: Method, defaults: Hyperparameters, requested: dict[str, Any]) -> Hyperparameters:

@@ -252,6 +252,7 @@ class Trainer:
                 "data store; configure the tenant, ingest its documents or hand in examples first"
             )
         self._check_name(job)
+        methods.check_servable(request.method, scope.tenant_id, request.name, config)
         return self._stack(job)
 
     def _tenant_config(self, tenant_id: str) -> TenantConfig | None:

@@ -60,6 +60,13 @@ class Settings(BaseSettings):
     device: Literal["auto", "cpu", "cuda"] = Field(
         default="auto", description="Where models run: CUDA (bf16) when present with `auto`, else the CPU."
     )
+    shutdown_grace_s: float = Field(
+        default=10.0,
+        gt=0,
+        description="On SIGTERM a service stops consuming, lets running handlers finish for up to "
+        "this long (minus a moment to commit and close), hands back what has not finished "
+        "uncommitted, and exits; past it the process exits anyway (Kubernetes allows 30 s).",
+    )
     kafka: KafkaSettings = Field(default_factory=KafkaSettings)
     tracing: TracingSettings = Field(default_factory=TracingSettings)
     infra: InfraSettings = Field(default_factory=InfraSettings)

@@ -10,10 +10,10 @@ import json
 import uuid
 from datetime import timedelta
 
-from loraswarm.services.planner import checks
 from loraswarm.services.planner.extract import UNSUPPORTED_NOTE, compose_extractive, extract, passage_units
 from loraswarm.services.planner.llm import PrimaryLLM
 from loraswarm.services.planner.state import PlannerState, TaskState
+from loraswarm.shared import answer_checks as checks
 from loraswarm.shared.envelope import utc_now
 from loraswarm.shared.events import Citation, Passage, RecommendationRequested, SpecialistResult
 from loraswarm.shared.settings import OrchestrationSettings

@@ -19,6 +19,7 @@ from loraswarm.shared.events import (
     RetrievalRequested,
     SpecialistResult,
     SpecialistTask,
+    TokenUsage,
 )
 from loraswarm.shared.settings import Settings
 
@@ -65,7 +66,9 @@ def _hello(task: SpecialistTask) -> str | None:
 
 
 @contextlib.asynccontextmanager
-async def world(settings: Settings, behaviours: dict[str, Behaviour]) -> AsyncIterator[World]:
+async def world(
+    settings: Settings, behaviours: dict[str, Behaviour], *, usage: TokenUsage | None = None
+) -> AsyncIterator[World]:
     bus = EventBus(settings, service="test-world")
     async with running(settings) as planner:
         w = World(bus, planner)
@@ -88,6 +91,7 @@ async def world(settings: Settings, behaviours: dict[str, Behaviour]) -> AsyncIt
                         answer=text,
                         citations=[PASSAGE.citation],
                         adapter_ids=task.adapter_ids,
+                        usage=usage or TokenUsage(),
                     )
                 )
 

@@ -1,20 +1,23 @@
 """A specialist against the real model server: an adapter that is not published yet.
 
 TGI would quietly run the base model for an unknown `adapter_id`; the model server answers 404
-`adapter_not_found`. The specialist then answers with what exists (the company adapter alone,
+`adapter_not_found`, and one it cannot serve (a LLaMA-Adapter) 422 `invalid_adapter`. The
+specialist then answers with what exists (the company adapter alone,
 then the base model) and reports the stack that really ran, instead of failing the request.
 """
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Iterator
 from datetime import timedelta
+from pathlib import Path
 
 import pytest
 from huggingface_hub import AsyncInferenceClient
 
 from loraswarm.services.specialist.agent import _parse, cited, run_task
-from loraswarm.shared.adapter_store import AdapterStore
+from loraswarm.shared.adapter_store import AdapterManifest, AdapterStore
 from loraswarm.shared.envelope import utc_now
 from loraswarm.shared.events import Citation, Passage, SpecialistTask
 from loraswarm.shared.settings import ModelServerSettings, Settings
@@ -39,15 +42,34 @@ ACME = TenantConfig.model_validate(
 )
 
 
+def publish_llama_adapter(
+    factory: AdapterFactory, store: AdapterStore, folder: Path, tenant: str, name: str
+) -> None:
+    from peft import AdaptionPromptConfig, TaskType, get_peft_model
+
+    config = AdaptionPromptConfig(adapter_len=4, adapter_layers=2, task_type=TaskType.CAUSAL_LM)
+    get_peft_model(copy.deepcopy(factory.base), config).save_pretrained(str(folder))
+    manifest = AdapterManifest(
+        tenant_id=tenant,
+        name=name,
+        base_model="SmolLM2-135M-Instruct",
+        base_model_hash=factory.base_hash,
+        method="llama_adapter",
+    )
+    store.publish(folder, manifest)
+
+
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     root = tmp_path_factory.mktemp("specialist")
     settings = Settings(data_dir=root / "data", device="cpu")  # type: ignore[call-arg]
     settings.model_server = ModelServerSettings(max_input_tokens=512, max_total_tokens=640)
     # Only the company adapter is published; ana's is not (yet).
-    AdapterFactory(settings, root / "src").publish(
-        AdapterStore.under(settings.data_dir), AdapterSpec("acme", "company", 8, ("q_proj", "v_proj"), seed=1)
-    )
+    factory = AdapterFactory(settings, root / "src")
+    store = AdapterStore.under(settings.data_dir)
+    factory.publish(store, AdapterSpec("acme", "company", 8, ("q_proj", "v_proj"), seed=1))
+    # ben's is a LLaMA-Adapter, which the model server refuses to serve (422 invalid_adapter).
+    publish_llama_adapter(factory, store, root / "llama", "acme", "user-ben")
     with model_server(settings) as url:
         yield url
 
@@ -69,6 +91,7 @@ def task(adapter_ids: list[str]) -> SpecialistTask:
         (["acme/company"], ["acme/company"]),
         (["acme/company", "acme/user-ana"], ["acme/company"]),  # ana's not published yet
         (["acme/other"], []),  # nothing published under that name: the base model
+        (["acme/company", "acme/user-ben"], ["acme/company"]),  # ben's cannot be served (422)
     ],
 )
 async def test_an_unpublished_adapter_falls_back_to_what_exists(

@@ -122,6 +122,18 @@ def test_llama_adapter_goes_through_the_same_pipeline(trainer: Trainer, base_mod
     assert generate(served(base_models, outcome.uri), tokenizer, PROMPT)
 
 
+@pytest.mark.parametrize("name", ["company", "user-ana"])
+def test_a_llama_adapter_is_never_published_under_a_served_name(trainer: Trainer, name: str) -> None:
+    # The specialists ask for acme/company and acme/user-<id>; no engine serves a LLaMA-Adapter.
+    write_examples(trainer.files, Scope("acme"), "refunds.jsonl", refund_examples("Acme Rockets", 45))
+    req = request(name, steps=2, adapter_len=4, adapter_layers=4)
+    outcome = trainer.run(req.model_copy(update={"method": "llama_adapter"}))
+    assert isinstance(outcome, Rejection) and outcome.code == "invalid_request", outcome
+    assert "cannot serve a 'llama_adapter' adapter" in outcome.reason
+    assert "method 'lora'" in outcome.reason  # it names the fix
+    assert trainer.store.versions("acme", name) == []
+
+
 def test_hyperparameters_of_the_other_method_or_unknown_ones_are_refused(trainer: Trainer) -> None:
     write_examples(trainer.files, Scope("acme"), "refunds.jsonl", refund_examples("Acme Rockets", 45))
     cases = {

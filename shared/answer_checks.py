@@ -8,7 +8,7 @@ planner refuses is exactly what the benchmark counts.
 claim number the passage lacks caps the score at `NUMBER_MISSING_CAP`. Terms already in the
 question are left out so that restating the question ("the shipping cost is in the documents")
 is not support. A passage *supports* a claim when the score is at least `SUPPORT_THRESHOLD`,
-chosen on the labelled examples in tests/planner/test_checks.py (every supported example scores
+chosen on the labelled examples in tests/shared/test_answer_checks.py (every supported example scores
 >= 0.6 there, every unsupported one <= 0.4).
 """
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from loraswarm.services.planner import checks
+from loraswarm.shared import answer_checks as checks
 
 Q_SHIP = "How much does standard shipping cost at Northwind Freight?"
 P_SHIP = "- Standard shipping at Northwind Freight costs 13 euros."
