@@ -82,7 +82,7 @@ def _cost(answers: list[Answer]) -> dict[str, float]:
 
 
 def answer_quality(scored: list[Scored]) -> dict[str, Any]:
-    """The answer scorer's figures (services/planner/checks.py) for one condition's answers.
+    """The answer scorer's figures (shared/answer_checks.py) for one condition's answers.
 
     `in_passages`: the share of fact questions whose accepted answer was in the passages the
     condition was given (None without retrieval): next to fact accuracy it shows how much is lost
@@ -122,7 +122,7 @@ def _rate(value: float | None) -> str:
 
 def quality_markdown(report: dict[str, Any]) -> list[str]:
     lines = [
-        "Answer checks (services/planner/checks.py; citation support = share of the answer's own content words "
+        "Answer checks (shared/answer_checks.py; citation support = share of the answer's own content words "
         f"and numbers the passage states, threshold {checks.SUPPORT_THRESHOLD}):",
         "",
         "| condition | echo rate | repeated-sentence rate | multi-part answered in each part | citation precision | "
