@@ -280,6 +280,7 @@ class AdapterRejected(Envelope):
         "nan_loss",
         "quality_regression",
         "leakage",
+        "leakage_unmeasurable",
         "unavailable",
         "internal",
     ] = Field(default="internal", description="The kind of reason, for programs; `reason` is for people.")

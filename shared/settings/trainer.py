@@ -136,7 +136,14 @@ class TrainerSettings(BaseModel):
         "comparisons together (Bonferroni).",
     )
     require_detectable_owner: bool = Field(
-        default=False,
-        description="Refuse to publish when the owner's own canaries are not detectably memorised (the "
-        "measurement could not have seen a leak).",
+        default=True,
+        description="Refuse to publish (`leakage_unmeasurable`) when the owner's own scope canaries are "
+        "not detectably memorised: the measurement could not have seen a leak.",
+    )
+    leakage_sample_tenants: int = Field(
+        default=4,
+        ge=0,
+        le=1000,
+        description="Other tenants drawn at random each job, one scope's canaries of each measured under "
+        "the new adapter (the gate's cost does not grow with the number of tenants).",
     )
