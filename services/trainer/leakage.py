@@ -77,8 +77,8 @@ def mean_threshold(k: int, alpha: float) -> float:
 class Exposure:
     """The exposures of one set of canaries under one model, and the bound its mean is held to."""
 
-    canaries: str  # whose canaries: an adapter id (`@new` for the job's own)
-    model: str  # the model they were scored under: an adapter id or `base`
+    canaries: str  # whose canaries: a scope (`<tenant>` or `<tenant>/user:<id>`)
+    model: str  # the adapter they were scored under, as served (`@new` before publishing)
     values: tuple[float, ...]
     threshold: float
 

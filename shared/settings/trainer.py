@@ -60,7 +60,8 @@ class Hyperparameters(BaseModel):
         default=8,
         ge=0,
         le=256,
-        description="Random secrets planted in the training data for the leakage measurement (0: none).",
+        description="Random secrets in a scope's canary set, made when a job first finds the scope's data; "
+        "every job plants the sets of the scopes it reads (0: no new sets, and no measurement of its own).",
     )
     canary_repeats: int = Field(
         default=8, ge=1, le=1000, description="Copies of each canary in the training data."
