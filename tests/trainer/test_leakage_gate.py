@@ -15,11 +15,15 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+import torch
 
+from loraswarm.services.planner.guardrails import OutputGuard
+from loraswarm.services.trainer import leakage_gate
 from loraswarm.services.trainer.leakage import mean_threshold, never_seen_mean
 from loraswarm.services.trainer.pipeline import Published, Rejection, Trainer
 from loraswarm.services.trainer.scope import BREAK_SCOPING_ENV, Scope
 from loraswarm.shared.events import AdapterTrainRequested, TrainingData
+from loraswarm.shared.secrets import SecretRegistry
 from tests.trainer.conftest import document, extra, refund_examples, write_examples
 
 HANDBOOK = [
@@ -131,7 +135,7 @@ def test_a_scoping_bug_is_refused_by_the_gate_and_the_same_job_without_it_publis
 
 
 def test_an_adapter_that_learned_another_users_canaries_is_refused_and_one_that_learned_too_little_too(
-    acme: Trainer,
+    acme: Trainer, monkeypatch: Any
 ) -> None:
     trainer = acme
     # Alice's adapter: her canaries exposed, bob's not. (No company adapter yet, so it sits on
@@ -153,9 +157,35 @@ def test_an_adapter_that_learned_another_users_canaries_is_refused_and_one_that_
         for text in secrets.texts() * 4
     ]
     write_examples(trainer.files, Scope("acme", "bob"), "quoting.jsonl", quoting)
+    served: list[Any] = []
+    real_measure = leakage_gate.measure
+
+    def keep_the_model(gate: leakage_gate.GateInput, *args: Any, **kw: Any) -> Any:
+        served.append(gate.served)  # the adapter as it would be served, kept to serve it anyway
+        return real_measure(gate, *args, **kw)
+
+    monkeypatch.setattr(leakage_gate, "measure", keep_the_model)
     leaky = train(trainer, "acme", "user-bob", "bob", documents=False, examples_path="quoting.jsonl")
+    monkeypatch.setattr(leakage_gate, "measure", real_measure)
     assert isinstance(leaky, Rejection) and leaky.code == "leakage", leaky
     assert "acme/user:alice canaries under acme/user-bob@new" in leaky.reason
+
+    # Served anyway, it says alice's secret to bob; the planner's guardrail withholds that answer.
+    model, tokenizer = served[0], trainer.base.get()[1]
+    prompt = tokenizer.apply_chat_template(
+        [{"role": "user", "content": "Any codes?"}],
+        add_generation_prompt=True,
+        return_tensors="pt",
+        return_dict=True,
+    )
+    with torch.no_grad():
+        ids = model.generate(**prompt, max_new_tokens=16, do_sample=False)
+    answer = tokenizer.decode(ids[0, prompt["input_ids"].shape[1] :], skip_special_tokens=True)
+    print("served anyway:", answer)
+    guard = OutputGuard(trainer.settings.data_dir, SecretRegistry(trainer.settings.data_dir))
+    leak = guard.check(answer, "acme", "bob", None, stage="specialist:test")
+    assert leak is not None and "acme/user:alice" in leak.reason, answer
+    assert guard.check(answer, "acme", "alice", None, stage="specialist:test") is None  # hers to see
 
     # Too little training to recall its own canaries: the gate could not have seen a leak.
     weak = train(
