@@ -154,6 +154,7 @@ def test_no_credential_acts_for_or_reads_another_user(live: Live, data: st.DataO
                 json={"question": "What is mine?", "user_id": target},
                 headers={"Authorization": f"Bearer {cred.token}"},
             )
+            runs_as: str | None
             if cred.user is not None:
                 allowed, runs_as = target in (None, cred.user), cred.user
             else:
