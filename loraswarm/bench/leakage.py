@@ -105,6 +105,7 @@ def run(
     from loraswarm.services.trainer.leakage_gate import GateInput, comparisons, measure
     from loraswarm.services.trainer.pipeline import BaseModels, Trainer
     from loraswarm.services.trainer.scope import Scope
+    from loraswarm.shared.adapter_store import AdapterManifest
     from loraswarm.shared.events import AdapterTrainRequested, TrainingData
     from loraswarm.shared.settings import Settings
 
@@ -149,46 +150,28 @@ def run(
             )
             return trainer.run(request)
 
-        done: list[Job] = []
-        for i in range(jobs):
-            user = USERS[i % len(USERS)]
-            job = _job(train(user), user)
-            done.append(job)
-            log(
-                f"clean job {i + 1}/{jobs} ({user}): {job.code}, own {job.owner_mean or 0:.2f} bits, "
-                f"cross max {max(job.cross.values(), default=0):.2f}, gate {job.gate_s:.2f} s"
-            )
+        # Gate time against the store's size, first (it needs no training): an adapter artifact
+        # (LoRA attached to the base model, saved as the trainer saves one) published under other
+        # tenants, each with its canaries; the gate scores the served model, whatever it learned.
+        from loraswarm.services.trainer import methods
 
-        # A leaky job: ben's examples quote ana's canaries.
-        ana = trainer.canaries.get("acme", "ana")
-        assert ana is not None
-        quoting = _examples("ben") + [
-            {"messages": [{"role": "user", "content": "Any codes?"}, {"role": "assistant", "content": x}]}
-            for x in ana.texts() * 4
-        ]
-        folder = trainer.files.folder(Scope("acme", "ben"))
-        (folder / "quoting.jsonl").write_text("\n".join(json.dumps(r) for r in quoting) + "\n")
-        leaky = _job(train("ben", "quoting.jsonl"), "ben")
-        log(f"leaky job: {leaky.code}, ana's canaries at {leaky.cross.get('acme/user:ana', 0):.2f} bits")
-
-        # Gate time against the store's size: one published adapter, copied under other tenants.
-        published = [v for v in trainer.store.list() if v.ref.tenant_id == "acme"]
-        assert published, "no clean job published; nothing to time the gate on"
-        sample = published[0]
-        model = trainer._served(sample)
-        scope = Scope("acme", sample.manifest.user_id)
-        results = Results(done, leaky, 0.0, 0.0, load=(load_start, 0.0), hp=hp)
-        filled = len(trainer.store.list())
+        sample_dir = root / "sample-adapter"
+        lora = methods.attach(base.fresh(), "lora", methods.hyperparameters("lora", t.defaults, hp))
+        lora.save_pretrained(str(sample_dir))
+        template = AdapterManifest(
+            tenant_id="t0000", name="company", method="lora", base_model=settings.base_model
+        )
+        results = Results([], None, 0.0, 0.0, load=(load_start, 0.0), hp=hp)
+        filled = 0
+        scope = Scope("acme", "ana")
+        trainer.canaries.ensure("acme", "ana", count=4, template=t.canary_template, digits=t.canary_digits)
         for size in sorted(sizes):
             for n in range(filled, size):
                 other = f"t{n:04d}"
                 trainer.canaries.ensure(
                     other, None, count=4, template=t.canary_template, digits=t.canary_digits
                 )
-                manifest = sample.manifest.model_copy(
-                    update={"tenant_id": other, "user_id": None, "name": "company"}
-                )
-                trainer.store.publish(sample.path, manifest)
+                trainer.store.publish(sample_dir, template.model_copy(update={"tenant_id": other}))
             filled = max(filled, size)
             times = []
             for _ in range(repeats):
@@ -196,14 +179,13 @@ def run(
                 owner, foreign = comparisons(
                     trainer.canaries, scope, sample_tenants=t.leakage_sample_tenants, rng=random.Random()
                 )
-                report = measure(GateInput(model, "bench", owner, foreign), tokenizer, t, device="cpu")
+                report = measure(GateInput(lora, "bench", owner, foreign), tokenizer, t, device="cpu")
                 times.append(time.perf_counter() - started)
             results.gate_s[size] = times
             results.never_seen, results.max_measurable = report.never_seen, report.max_exposure
             log(
                 f"gate with {len(trainer.store.list())} adapters in the store: {statistics.median(times):.2f} s"
             )
-
         # The old gate's unit of work, per stored adapter: load it as served and score canaries.
         old = []
         for version in trainer.store.list()[:repeats]:
@@ -213,14 +195,45 @@ def run(
             old.append(time.perf_counter() - started)
             del other_model
         results.old_gate_per_adapter_s = statistics.median(old)
-        results.load = (load_start, os.getloadavg()[0])
-        write_section(out, "leakage", markdown(results))
+        del lora
+
+        # Clean jobs, one after the other; the section is rewritten after each, so a run cut
+        # short still publishes what it measured (and says how many jobs that was).
+        for i in range(jobs):
+            user = USERS[i % len(USERS)]
+            job = _job(train(user), user)
+            results.jobs.append(job)
+            log(
+                f"clean job {i + 1}/{jobs} ({user}): {job.code}, own {job.owner_mean or 0:.2f} bits, "
+                f"cross max {max(job.cross.values(), default=0):.2f}, gate {job.gate_s:.2f} s"
+            )
+            if i == 2:
+                # A leaky job, once every user has canaries: ben's examples quote ana's.
+                ana = trainer.canaries.get("acme", "ana")
+                assert ana is not None
+                quoting = _examples("ben") + [
+                    {
+                        "messages": [
+                            {"role": "user", "content": "Any codes?"},
+                            {"role": "assistant", "content": x},
+                        ]
+                    }
+                    for x in ana.texts() * 4
+                ]
+                folder = trainer.files.folder(Scope("acme", "ben"))
+                (folder / "quoting.jsonl").write_text("\n".join(json.dumps(r) for r in quoting) + "\n")
+                results.leaky = _job(train("ben", "quoting.jsonl"), "ben")
+                log(
+                    f"leaky job: {results.leaky.code}, ana's at {results.leaky.cross.get('acme/user:ana', 0):.2f} bits"
+                )
+            results.load = (load_start, os.getloadavg()[0])
+            write_section(out, "leakage", markdown(results, planned=jobs))
         return results
     finally:
         shutil.rmtree(root, ignore_errors=True)
 
 
-def markdown(r: Results) -> str:
+def markdown(r: Results, planned: int | None = None) -> str:
     clean = r.jobs
     refused = [j for j in clean if j.code != "published"]
     owners = [j.owner_mean for j in clean if j.owner_mean is not None]
@@ -250,7 +263,9 @@ def markdown(r: Results) -> str:
         f"| cross-scope exposure (other users', a sampled tenant's) under each new adapter: mean (max) over "
         f"{len(cross)} comparisons | {statistics.mean(cross) if cross else nan:.2f} "
         f"({max(cross, default=nan):.2f}) bits; bound {cross_bound:.2f} |",
-        f"| false refusals of clean jobs | {len(refused)} of {len(clean)} "
+        f"| false refusals of clean jobs | {len(refused)} of {len(clean)}"
+        + (f" (a run of {planned} planned, cut short)" if planned and planned > len(clean) else "")
+        + " "
         f"({100 * len(refused) / max(len(clean), 1):.1f}%)"
         + (f": {', '.join(sorted({j.code for j in refused}))}" if refused else "")
         + " |",
