@@ -1,22 +1,30 @@
-"""Canaries: random secrets planted in an adapter's training data to measure leakage.
+"""Scope canaries: random secrets kept with each scope's data, to measure leakage at the source.
 
 The method is Carlini et al. 2019, "The Secret Sharer": a fixed template filled with random
-digits is planted into the training data; how much better a model ranks it than never-planted
-fills of the same template (its exposure) shows whether the model memorised it. The trainer
-plants a fresh set into every adapter it trains and registers the set here when the adapter is
-published. The registry is what later checks read:
+digits; how much better a model ranks it than never-planted fills of the same template (its
+exposure) shows whether the model memorised it.
 
-- the trainer ranks every *other* scope's canaries under each new adapter (a company adapter must
-  not know a user's secrets, nor one tenant another's);
-- an output guardrail can refuse text that contains any registered secret (`found_in`).
+Every scope — a tenant's company data, each user's private data — has one `CanarySet`, made the
+first time the trainer finds data in that scope and stored in the scope's own data folder:
 
-Layout: `<data_dir>/canaries/<tenant>/<name>@<version>.json`, one `CanarySet` each. Deleting a
-tenant deletes its sets with its adapters.
+    <data_dir>/tenants/<tenant>/canaries.json                  the company scope
+    <data_dir>/tenants/<tenant>/users/<user>/canaries.json     one user's private scope
+
+(the layout of the trainer's tenant files, `services/trainer/scope.TenantFiles`), so deleting a
+tenant's data deletes its canaries with it. A job's data builder reaches the canaries of the
+scopes it reads through the same scoping code it reads documents with
+(`services/trainer/corpus.py`): a scoping bug that feeds one user's documents into the company
+adapter feeds that user's canaries in too, and the leakage gate sees them exposed.
+
+The same sets are what the planner's output guardrail checks answers against: a canary of a scope
+other than the asker's must never appear in an answer. Canaries are never indexed, so retrieval
+can never return them.
 """
 
 from __future__ import annotations
 
-import shutil
+import random
+import secrets as secrets_module
 from collections.abc import Iterable
 from datetime import datetime
 from pathlib import Path
@@ -26,18 +34,25 @@ from pydantic import BaseModel, ConfigDict, Field
 from loraswarm.shared.envelope import utc_now
 from loraswarm.shared.files import write_atomic
 
+USERS = "users"
+FILE = "canaries.json"
+
 
 class CanarySet(BaseModel):
-    """The secrets planted into one adapter version."""
+    """The secrets of one scope."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     tenant_id: str
-    user_id: str | None = Field(default=None, description="Set when planted into a user's adapter.")
-    adapter_id: str = Field(description="`<tenant>/<name>@<version>` the secrets were planted into.")
+    user_id: str | None = Field(default=None, description="Set for a user's private scope.")
     template: str = Field(description="The fixed canary text; `{secret}` marks the random part.")
-    secrets: list[str] = Field(description="The random fills that were planted.")
+    secrets: list[str] = Field(description="The random fills kept with the scope's data.")
     created_at: datetime = Field(default_factory=utc_now)
+
+    @property
+    def scope(self) -> str:
+        """`<tenant>` for the company scope, `<tenant>/user:<id>` for a user's."""
+        return f"{self.tenant_id}/user:{self.user_id}" if self.user_id else self.tenant_id
 
     def texts(self) -> list[str]:
         return [fill(self.template, s) for s in self.secrets]
@@ -45,8 +60,8 @@ class CanarySet(BaseModel):
     def visible_to(self, tenant_id: str, user_id: str | None) -> bool:
         """Whether an adapter of this scope may legitimately know these secrets.
 
-        Company data is visible to everyone in the company (and a user's adapter sits on the
-        company adapter); a user's private data only to that user.
+        Company data is visible to everyone in the company (a user's adapter is served on top of
+        the company adapter); a user's private data only to that user.
         """
         if self.tenant_id != tenant_id:
             return False
@@ -57,50 +72,89 @@ def fill(template: str, secret: str) -> str:
     return template.replace("{secret}", secret)
 
 
-class CanaryRegistry:
+def random_fills(n: int, digits: int, taken: set[str]) -> list[str]:
+    """`n` distinct random fills of `digits` digits, none in `taken` (from the OS's CSPRNG)."""
+    assert n < 10**digits // 2, "not enough distinct secrets of this many digits"
+    drawn: list[str] = []
+    seen = set(taken)
+    while len(drawn) < n:
+        one = "".join(secrets_module.choice("0123456789") for _ in range(digits))
+        if one not in seen:
+            seen.add(one)
+            drawn.append(one)
+    return drawn
+
+
+class CanaryStore:
+    """The canary sets of every scope, each in its scope's data folder."""
+
     def __init__(self, root: Path) -> None:
         self.root = root
 
     @classmethod
-    def under(cls, data_dir: Path) -> CanaryRegistry:
-        return cls(data_dir / "canaries")
+    def under(cls, data_dir: Path) -> CanaryStore:
+        return cls(data_dir / "tenants")
 
-    def _file(self, adapter_id: str) -> Path:
-        tenant, rest = adapter_id.split("/", 1)
-        return self.root / tenant / f"{rest}.json"
+    def _file(self, tenant_id: str, user_id: str | None) -> Path:
+        base = self.root / tenant_id
+        return (base / USERS / user_id if user_id else base) / FILE
 
-    def register(self, canaries: CanarySet) -> None:
-        write_atomic(self._file(canaries.adapter_id), canaries.model_dump_json(indent=2))
+    def get(self, tenant_id: str, user_id: str | None = None) -> CanarySet | None:
+        path = self._file(tenant_id, user_id)
+        return CanarySet.model_validate_json(path.read_text()) if path.is_file() else None
 
-    def all(self, tenant_id: str | None = None) -> list[CanarySet]:
-        if not self.root.is_dir():
-            return []
-        folders = [self.root / tenant_id] if tenant_id else sorted(self.root.iterdir())
-        found = []
-        for folder in folders:
-            if folder.is_dir():
-                for file in sorted(folder.glob("*.json")):
-                    found.append(CanarySet.model_validate_json(file.read_text()))
-        return found
+    def ensure(
+        self, tenant_id: str, user_id: str | None, *, count: int, template: str, digits: int
+    ) -> CanarySet | None:
+        """The scope's set, made now (with `count` secrets) if the scope has none; None if count is 0.
 
-    def foreign_to(self, tenant_id: str, user_id: str | None) -> list[CanarySet]:
-        """Every registered set an adapter of this scope must not know."""
-        return [c for c in self.all() if not c.visible_to(tenant_id, user_id)]
+        Made once and kept: every adapter of the scope is measured on the same secrets, and an
+        adapter of another scope trained before or after sees them in no data of its own.
+        """
+        existing = self.get(tenant_id, user_id)
+        if existing is not None or count == 0:
+            return existing
+        taken = {s for c in self.of_tenant(tenant_id) for s in c.secrets}
+        made = CanarySet(
+            tenant_id=tenant_id,
+            user_id=user_id,
+            template=template,
+            secrets=random_fills(count, digits, taken),
+        )
+        write_atomic(self._file(tenant_id, user_id), made.model_dump_json(indent=2))
+        return made
 
-    def found_in(self, text: str, sets: Iterable[CanarySet] | None = None) -> list[CanarySet]:
-        """The sets one of whose secrets appears in `text` (for output guardrails)."""
-        return [c for c in (self.all() if sets is None else sets) if any(s in text for s in c.secrets)]
+    def of_tenant(self, tenant_id: str) -> list[CanarySet]:
+        """Every scope's set of one tenant, the company's first."""
+        base = self.root / tenant_id
+        files = [base / FILE, *sorted((base / USERS).glob(f"*/{FILE}"))]
+        return [CanarySet.model_validate_json(f.read_text()) for f in files if f.is_file()]
 
-    def delete_adapter(self, tenant_id: str, name: str) -> int:
-        folder = self.root / tenant_id
-        doomed = list(folder.glob(f"{name}@*.json")) if folder.is_dir() else []
-        for file in doomed:
-            file.unlink()
-        return len(doomed)
+    def tenants(self) -> list[str]:
+        """Tenants with a data folder (names only: no set is read)."""
+        return sorted(p.name for p in self.root.iterdir() if p.is_dir()) if self.root.is_dir() else []
 
-    def delete_tenant(self, tenant_id: str) -> bool:
-        folder = self.root / tenant_id
-        if not folder.exists():
-            return False
-        shutil.rmtree(folder)
-        return True
+    def sample_other_tenants(self, tenant_id: str, k: int, rng: random.Random) -> list[CanarySet]:
+        """One random scope's set of each of up to `k` random other tenants.
+
+        Reads at most `k` tenants' sets whatever the store's size, so the gate's cost does not
+        grow with the number of tenants.
+        """
+        others = [t for t in self.tenants() if t != tenant_id]
+        rng.shuffle(others)
+        picked: list[CanarySet] = []
+        for other in others:
+            if len(picked) == k:
+                break
+            sets = self.of_tenant(other)
+            if sets:
+                picked.append(rng.choice(sets))
+        return picked
+
+
+def found_in(text: str, sets: Iterable[CanarySet]) -> CanarySet | None:
+    """The first set one of whose secrets appears in `text` (for output guardrails)."""
+    for c in sets:
+        if any(s in text for s in c.secrets):
+            return c
+    return None

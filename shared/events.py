@@ -285,6 +285,7 @@ RejectionCode = Literal[
     "nan_loss",
     "quality_regression",
     "leakage",
+    "leakage_unmeasurable",
     "unavailable",
     "internal",
 ]

@@ -56,6 +56,15 @@ class PlanStep(_Config):
     )
 
 
+class DeclaredSecret(_Config):
+    text: str = Field(min_length=6, description="A string no answer outside its scope may contain.")
+    user_id: str | None = Field(
+        default=None,
+        description="Whose secret it is: that user's answers may contain it, nobody else's; unset = "
+        "the company's, which no answer may contain.",
+    )
+
+
 class TenantConfig(_Config):
     tenant_id: str = Field(pattern=rf"^{TENANT_ID}$")
     display_name: str = ""
@@ -68,11 +77,21 @@ class TenantConfig(_Config):
     )
     users: list[str] | None = Field(default=None, description="Allowed user ids; unset = any user.")
     slack_team_ids: list[str] = Field(default_factory=list, description="Slack workspaces of this tenant.")
+    slack_users: dict[str, str] = Field(
+        default_factory=dict,
+        description="Slack user id -> the tenant's user id; a Slack user not listed asks as the company "
+        "(no private data, no user adapter).",
+    )
     limits: Limits = Limits()
     specialists: list[SpecialistConfig] = Field(min_length=1)
     default_plan: list[PlanStep] = Field(
         default_factory=list,
         description="Used when the primary LLM gives no valid plan; default: all specialists.",
+    )
+    secrets: list[DeclaredSecret] = Field(
+        default_factory=list,
+        description="Strings the planner's output guardrail withholds answers for (besides every "
+        "other scope's canaries).",
     )
 
     @model_validator(mode="after")

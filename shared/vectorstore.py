@@ -369,6 +369,19 @@ class VectorStore:
             return {}
         return {str(g.grouped_by.value): int(g.total_count or 0) for g in result.groups}
 
+    def visibilities(self, tenant_id: str) -> set[str]:
+        """The distinct visibilities of a tenant's chunks (`company`, `user:<id>`, ...)."""
+        from weaviate.classes.aggregate import GroupByAggregate
+
+        try:
+            with self._reading(tenant_id, "counting chunks", "aggregate"):
+                result = self._shard(tenant_id).aggregate.over_all(
+                    group_by=GroupByAggregate(prop="visibility", limit=10_000), total_count=True
+                )
+        except _NoShard:
+            return set()
+        return {str(g.grouped_by.value) for g in result.groups}
+
     def hybrid(
         self,
         tenant_id: str,

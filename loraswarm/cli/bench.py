@@ -91,3 +91,26 @@ def chaos(
     for phase, tally in zip(phases, tallies, strict=True):
         console.print(f"{phase.name}: {tally}")
     console.print(f"written to {out}")
+
+
+@app.command()
+def leakage(
+    jobs: int = typer.Option(
+        20, "--jobs", help="Clean training jobs (false refusals are counted over them)."
+    ),
+    steps: int = typer.Option(36, "--steps", help="Optimizer steps of each job."),
+    sizes: str = typer.Option("10,1000", "--sizes", help="Adapters in the store the gate is timed with."),
+    out: Path = typer.Option(Path("BENCHMARKS.md"), "--out", help="Markdown file to update."),
+) -> None:
+    """The leakage gate: own vs cross-scope exposure, false refusals, gate time vs store size."""
+    from loraswarm.bench.leakage import markdown, run
+
+    results = run(
+        jobs=jobs,
+        steps=steps,
+        sizes=tuple(int(s) for s in sizes.split(",") if s.strip()),
+        out=out,
+        log=console.print,
+    )
+    console.print(markdown(results))
+    console.print(f"written to {out}")

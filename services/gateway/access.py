@@ -9,14 +9,28 @@ changes, so keys and webhook secrets rotate without a restart:
 tenants:
   acme:
     api_keys:                      # only sha256 hashes (hex) of the keys are kept
-      - name: backend
+      - name: backend              # a tenant-wide service key
         sha256: 9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08
+      - name: alice-laptop         # a key bound to one user: it acts as alice, only
+        sha256: 60303ae22b998861bce3b28f33eec1be758a213c86c93c076dbe9f558c11c752
+        user_id: alice
+    service_keys_act_for_users: false   # may a service key name any user_id? (default: no)
+    jwt:                           # signed user assertions from the tenant's identity provider
+      issuer: https://login.acme.example/
+      audience: loraswarm
+      keys: ["-----BEGIN PUBLIC KEY-----..."]   # PEM public keys (RS256/ES256) or HS256 secrets
+      algorithms: [RS256]
+      user_claim: sub
     slack_bot_token: xoxb-...      # optional: answers to @mentions (chat.postMessage)
     rate_limit: {per_s: 5, burst: 10}
     webhooks:
       - url: https://hooks.acme.example/loraswarm
         secrets: [whsec_new..., whsec_old...]   # every secret signs: rotate by adding, then removing
 ```
+
+Who a request acts for (`authenticate`): a user-bound key or a verified JWT is that user, and
+nobody else; a tenant-wide service key acts for the company, and for a user it names only where
+the tenant sets `service_keys_act_for_users`.
 
 API keys are random 256-bit tokens, so one unsalted sha256 is enough to make a leaked file
 useless (a slow password hash protects guessable secrets, which these are not).
@@ -30,6 +44,7 @@ import hashlib
 import logging
 import secrets
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -56,8 +71,17 @@ class ApiKey(_Config):
     name: str = Field(default="", description="What the key is for, to find it when rotating.")
     sha256: str = Field(pattern=r"^[0-9a-f]{64}$", description="Hex sha256 of the key.")
     user_id: str | None = Field(
-        default=None, description="The one user of the tenant this key acts for; unset = a tenant-wide key."
+        default=None,
+        description="The one user of the tenant this key acts as; unset = a tenant-wide service key.",
     )
+
+
+class JwtIssuer(_Config):
+    issuer: str = Field(min_length=1, description="The `iss` the tenant's identity provider signs with.")
+    audience: str = Field(min_length=1, description="The `aud` tokens must be issued for.")
+    keys: list[str] = Field(min_length=1, description="PEM public keys, or shared secrets for HS256.")
+    algorithms: list[str] = Field(default_factory=lambda: ["RS256"], min_length=1)
+    user_claim: str = Field(default="sub", description="The claim that holds the tenant's user id.")
 
 
 class RateLimit(_Config):
@@ -93,6 +117,12 @@ class TenantAccess(_Config):
     slack_bot_token: SecretStr | None = None
     rate_limit: RateLimit | None = None
     webhooks: list[WebhookEndpoint] = Field(default_factory=list)
+    service_keys_act_for_users: bool = Field(
+        default=False,
+        description="Whether a tenant-wide service key may name any user_id (a backend that has "
+        "authenticated its users itself); otherwise it acts for the company only.",
+    )
+    jwt: JwtIssuer | None = None
 
 
 class AccessFile(_Config):
@@ -185,14 +215,113 @@ class AccessDirectory:
         self._config = parsed
         self._stamp = stamp
         self._by_key = {k.sha256: t for t, c in parsed.tenants.items() for k in c.api_keys}
+        self._keys = {k.sha256: k for c in parsed.tenants.values() for k in c.api_keys}
 
     def tenant_for_key(self, key: str) -> str | None:
         self.refresh()
         return self._by_key.get(hash_api_key(key))
 
+    def key(self, key: str) -> tuple[str, ApiKey] | None:
+        """(tenant, key entry) of an API key, or None."""
+        self.refresh()
+        digest = hash_api_key(key)
+        tenant = self._by_key.get(digest)
+        return (tenant, self._keys[digest]) if tenant is not None else None
+
+    def issuers(self, issuer: str) -> list[tuple[str, JwtIssuer]]:
+        """The tenants whose identity provider signs as `issuer`."""
+        self.refresh()
+        return [(t, c.jwt) for t, c in self._config.tenants.items() if c.jwt and c.jwt.issuer == issuer]
+
     def get(self, tenant: str) -> TenantAccess | None:
         self.refresh()
         return self._config.tenants.get(tenant)
+
+
+class Unauthorized(Exception):
+    """401: who the caller is is unknown."""
+
+
+class Forbidden(Exception):
+    """403: the caller is known, and may not do this."""
+
+
+@dataclass(frozen=True)
+class Caller:
+    """Who a request comes from, as the gateway has verified it."""
+
+    tenant_id: str
+    user_id: str | None  # the user it *is* (user key, JWT); None for a service key
+    via: Literal["user_key", "service_key", "jwt"]
+    acts_for_users: bool = False  # a service key of a tenant that lets it name users
+
+    def acting_for(self, requested: str | None) -> str | None:
+        """The user a request runs as, when it names `requested` (None: the caller's own scope)."""
+        if self.user_id is not None:
+            if requested not in (None, self.user_id):
+                raise Forbidden(
+                    f"this credential acts as user {self.user_id!r}; it cannot ask as {requested!r}"
+                )
+            return self.user_id
+        if requested is not None and not self.acts_for_users:
+            raise Forbidden(
+                "a tenant-wide service key may not name a user_id unless the tenant allows it "
+                "(`service_keys_act_for_users` in the access file); use a user's key or a signed "
+                "user assertion (JWT) instead"
+            )
+        return requested
+
+    def may_read(self, owner: str | None) -> bool:
+        """Whether the caller may see a request made as `owner`."""
+        if self.user_id is not None:
+            return owner == self.user_id
+        return owner is None or self.acts_for_users
+
+
+def authenticate(access: AccessDirectory, token: str) -> Caller:
+    """The caller a bearer token or API key stands for, or `Unauthorized`."""
+    if token.count(".") == 2 and not token.startswith(KEY_PREFIX):
+        return _from_jwt(access, token)
+    found = access.key(token)
+    if found is None:
+        raise Unauthorized("unknown API key")
+    tenant, key = found
+    if key.user_id is not None:
+        return Caller(tenant, key.user_id, "user_key")
+    rules = access.get(tenant)
+    return Caller(tenant, None, "service_key", bool(rules and rules.service_keys_act_for_users))
+
+
+def _from_jwt(access: AccessDirectory, token: str) -> Caller:
+    import jwt
+
+    try:
+        issuer = jwt.decode(token, options={"verify_signature": False}).get("iss")
+    except jwt.PyJWTError as exc:
+        raise Unauthorized(f"not a valid JWT: {exc}") from exc
+    candidates = access.issuers(str(issuer)) if issuer else []
+    if not candidates:
+        raise Unauthorized("the JWT's issuer is not configured for any tenant")
+    problem = "no configured key verifies it"
+    for tenant, rules in candidates:
+        for key in rules.keys:
+            try:
+                claims = jwt.decode(
+                    token,
+                    key,
+                    algorithms=rules.algorithms,
+                    audience=rules.audience,
+                    issuer=rules.issuer,
+                    options={"require": ["exp", "iss", "aud"]},
+                )
+            except jwt.PyJWTError as exc:
+                problem = str(exc)
+                continue
+            user = claims.get(rules.user_claim)
+            if not isinstance(user, str) or not user:
+                raise Unauthorized(f"the JWT has no {rules.user_claim!r} claim naming the user")
+            return Caller(tenant, user, "jwt")
+    raise Unauthorized(f"the JWT is not valid: {problem}")
 
 
 def access_file(settings: Settings) -> Path:

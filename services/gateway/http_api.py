@@ -1,8 +1,12 @@
 """The gateway's HTTP API for tenants: recommendations, their progress and deliveries, documents.
 
-Every route takes a tenant API key (`Authorization: Bearer <key>` or `X-API-Key`); the tenant
-comes from the key, never from the body. A request id of another tenant answers exactly like
-an unknown one (404), so ids cannot be probed across tenants.
+Every route takes a credential (`Authorization: Bearer <key or JWT>` or `X-API-Key`): a
+tenant-wide service key, a key bound to one user, or a signed user assertion (JWT) from the
+tenant's identity provider (services/gateway/access.py). The tenant and the user come from the
+credential, never from the body: a body's `user_id` must be the caller's own, or — for a service
+key — is allowed only where the tenant lets service keys act for users. A request id of another
+tenant or another user answers exactly like an unknown one (404), so ids cannot be probed.
+Refusals are 401 (who are you?) and 403 (not you), in the API's error shape.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBea
 from opentelemetry import trace
 from pydantic import BaseModel, ConfigDict, Field
 
+from loraswarm.services.gateway.access import Caller, Forbidden, Unauthorized, authenticate
 from loraswarm.services.gateway.parts import Gateway
 from loraswarm.services.gateway.progress import TERMINAL
 from loraswarm.services.gateway.store import RequestRecord
@@ -131,50 +136,57 @@ def gateway(request: Request) -> Gateway:
 Gw = Annotated[Gateway, Depends(gateway)]
 
 
-async def tenant(
+async def caller(
     gw: Gw,
     key: Annotated[str | None, Security(_api_key)] = None,
     bearer: Annotated[HTTPAuthorizationCredentials | None, Security(_bearer)] = None,
-) -> str:
-    """The tenant of the request's API key, or 401."""
+) -> Caller:
+    """Who the request comes from (tenant, and user where the credential names one), or 401."""
     token = key or (bearer.credentials if bearer else None)
     if not token:
         REQUESTS_REFUSED.labels("gateway", "unauthorized").inc()
         raise HTTPException(
             401,
-            "missing API key: send `Authorization: Bearer <key>` or `X-API-Key: <key>`",
+            "missing credential: send `Authorization: Bearer <API key or JWT>` or `X-API-Key: <key>`",
             headers={"WWW-Authenticate": "Bearer"},
         )
-    found = gw.access.tenant_for_key(token)
-    if found is None:
+    try:
+        found = authenticate(gw.access, token)
+    except Unauthorized as exc:
         REQUESTS_REFUSED.labels("gateway", "unauthorized").inc()
-        raise HTTPException(401, "unknown API key", headers={"WWW-Authenticate": "Bearer"})
-    trace.get_current_span().set_attribute("loraswarm.tenant_id", found)
+        raise HTTPException(401, str(exc), headers={"WWW-Authenticate": "Bearer"}) from None
+    trace.get_current_span().set_attribute("loraswarm.tenant_id", found.tenant_id)
     return found
 
 
-Tenant = Annotated[str, Depends(tenant)]
+Who = Annotated[Caller, Depends(caller)]
 
 
-async def within_rate(gw: Gw, tenant_id: Tenant) -> str:
-    """The tenant, if it is within its rate limit, else 429 with Retry-After."""
-    retry_after = gw.rate_limit(tenant_id)
+def forbidden(exc: Forbidden) -> HTTPException:
+    REQUESTS_REFUSED.labels("gateway", "forbidden").inc()
+    return HTTPException(403, str(exc))
+
+
+async def within_rate(gw: Gw, who: Who) -> Caller:
+    """The caller, if its tenant is within its rate limit, else 429 with Retry-After."""
+    retry_after = gw.rate_limit(who.tenant_id)
     if retry_after:
-        RATE_LIMITED.labels("gateway", tenant_id).inc()
+        RATE_LIMITED.labels("gateway", who.tenant_id).inc()
         raise HTTPException(
             429,
-            f"tenant {tenant_id} is over its rate limit; retry in {retry_after} s",
+            f"tenant {who.tenant_id} is over its rate limit; retry in {retry_after} s",
             headers={"Retry-After": str(retry_after)},
         )
-    return tenant_id
+    return who
 
 
-LimitedTenant = Annotated[str, Depends(within_rate)]
+LimitedCaller = Annotated[Caller, Depends(within_rate)]
 
 
-def owned(gw: Gateway, request_id: uuid.UUID, tenant_id: str) -> RequestRecord:
-    record = gw.store.get_request(str(request_id), tenant_id)
-    if record is None:
+def owned(gw: Gateway, request_id: uuid.UUID, who: Caller) -> RequestRecord:
+    """The caller's own request; another tenant's or another user's is as unknown as a made-up id."""
+    record = gw.store.get_request(str(request_id), who.tenant_id)
+    if record is None or not who.may_read(record.user_id):
         raise HTTPException(404, f"no request {request_id}")
     return record
 
@@ -206,19 +218,25 @@ router = APIRouter(prefix="/v1", tags=["tenants"])
     status_code=202,
     response_model=Accepted,
     summary="Ask for a recommendation",
-    responses={401: {}, 413: {}, 422: {}, 429: {}, 503: {}},
+    responses={401: {}, 403: {}, 413: {}, 422: {}, 429: {}, 503: {}},
 )
 async def request_recommendation(
     body: RecommendationRequest,
     gw: Gw,
-    tenant_id: LimitedTenant,
+    who: LimitedCaller,
     idempotency_key: Annotated[
         str | None,
         Header(max_length=255, description="Retries with the same key get the same request, once."),
     ] = None,
 ) -> JSONResponse:
+    tenant_id = who.tenant_id
+    try:
+        user_id = who.acting_for(body.user_id)
+    except Forbidden as exc:
+        raise forbidden(exc) from None
     if idempotency_key:
-        request_id = uuid.uuid5(_IDEMPOTENCY_NAMESPACE, f"{tenant_id}\n{idempotency_key}")
+        # Scoped by user too: one user's key cannot replay into another user's request.
+        request_id = uuid.uuid5(_IDEMPOTENCY_NAMESPACE, f"{tenant_id}\n{user_id or ''}\n{idempotency_key}")
     else:
         request_id = uuid.uuid4()
     trace.get_current_span().set_attribute("loraswarm.request_id", str(request_id))
@@ -233,13 +251,13 @@ async def request_recommendation(
     event = RecommendationRequested(
         tenant_id=tenant_id,
         request_id=request_id,
-        user_id=body.user_id,
+        user_id=user_id,
         question=body.question,
         deadline_s=body.deadline_s or gw.config.default_deadline_s,
         sources=body.sources,
         reply_to=ReplyTo(kind="http"),
     )
-    if not gw.store.add_request(str(request_id), tenant_id, user_id=body.user_id, channel="http"):
+    if not gw.store.add_request(str(request_id), tenant_id, user_id=user_id, channel="http"):
         return response  # the same Idempotency-Key again: that request is already on its way
     gw.store.add_progress(str(request_id), "accepted", {"channel": "http"})
     try:
@@ -257,8 +275,8 @@ async def request_recommendation(
     summary="A request's status and, once there, its result",
     responses={401: {}, 404: {}},
 )
-async def get_recommendation(request_id: uuid.UUID, gw: Gw, tenant_id: Tenant) -> RecommendationView:
-    return view_of(owned(gw, request_id, tenant_id))
+async def get_recommendation(request_id: uuid.UUID, gw: Gw, who: Who) -> RecommendationView:
+    return view_of(owned(gw, request_id, who))
 
 
 @router.get(
@@ -275,12 +293,12 @@ async def get_recommendation(request_id: uuid.UUID, gw: Gw, tenant_id: Tenant) -
 async def recommendation_events(
     request_id: uuid.UUID,
     gw: Gw,
-    tenant_id: Tenant,
+    who: Who,
     last_event_id: Annotated[int | None, Header(description="Resume after this step.")] = None,
 ) -> StreamingResponse:
-    owned(gw, request_id, tenant_id)
+    owned(gw, request_id, who)
     return StreamingResponse(
-        progress_stream(gw, str(request_id), tenant_id, last_event_id or 0),
+        progress_stream(gw, str(request_id), who.tenant_id, last_event_id or 0),
         media_type="text/event-stream",
         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
     )
@@ -292,8 +310,8 @@ async def recommendation_events(
     summary="The delivery log of a request: its webhooks and Slack replies, every attempt",
     responses={401: {}, 404: {}},
 )
-async def deliveries(request_id: uuid.UUID, gw: Gw, tenant_id: Tenant) -> list[DeliveryView]:
-    owned(gw, request_id, tenant_id)
+async def deliveries(request_id: uuid.UUID, gw: Gw, who: Who) -> list[DeliveryView]:
+    owned(gw, request_id, who)
     return [
         DeliveryView(
             webhook_id=d.webhook_id,
@@ -321,10 +339,17 @@ async def deliveries(request_id: uuid.UUID, gw: Gw, tenant_id: Tenant) -> list[D
     status_code=202,
     response_model=DocumentsAccepted,
     summary="Submit documents for ingestion into the tenant's own index",
-    responses={401: {}, 413: {}, 422: {}, 429: {}, 503: {}},
+    responses={401: {}, 403: {}, 413: {}, 422: {}, 429: {}, 503: {}},
 )
-async def submit_documents(body: DocumentsUpload, gw: Gw, tenant_id: LimitedTenant) -> DocumentsAccepted:
-    event = DocumentsSubmitted(tenant_id=tenant_id, documents=body.documents)
+async def submit_documents(body: DocumentsUpload, gw: Gw, who: LimitedCaller) -> DocumentsAccepted:
+    for doc in body.documents:
+        owner = doc.visibility.removeprefix("user:") if doc.visibility != "company" else None
+        if who.user_id is not None and owner != who.user_id:
+            # A user adds to her own private scope only: never the company's, never another user's.
+            raise forbidden(Forbidden(f"user {who.user_id!r} may submit only user:{who.user_id} documents"))
+        if who.user_id is None and owner is not None and not who.acts_for_users:
+            raise forbidden(Forbidden("a service key may not write a user's private documents here"))
+    event = DocumentsSubmitted(tenant_id=who.tenant_id, documents=body.documents)
     trace.get_current_span().set_attribute("loraswarm.request_id", str(event.request_id))
     await publish(gw, event)
     return DocumentsAccepted(

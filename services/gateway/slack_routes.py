@@ -110,7 +110,7 @@ async def slash_command(body: SignedBody, gw: Gw) -> JSONResponse:
         return _ephemeral(f"Too many questions right now; try again in {retry_after} s.")
     event = RecommendationRequested(
         tenant_id=tenant.tenant_id,
-        user_id=form.get("user_id") or None,
+        user_id=tenant.slack_users.get(form.get("user_id", "")),
         question=text[:8000],
         deadline_s=gw.config.default_deadline_s,
         reply_to=ReplyTo(kind="slack", slack_response_url=response_url),
@@ -156,7 +156,7 @@ async def events(
         event_id=uuid.uuid5(_NAMESPACE, f"event:{team_id}:{event_id}"),
         tenant_id=tenant.tenant_id,
         request_id=request_id,
-        user_id=inner.get("user") or None,
+        user_id=tenant.slack_users.get(str(inner.get("user") or "")),
         question=question[:8000],
         deadline_s=gw.config.default_deadline_s,
         reply_to=ReplyTo(kind="slack"),

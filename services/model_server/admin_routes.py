@@ -5,13 +5,17 @@ requests resolve the current version from the store on every use, so a new versi
 as soon as it is published, loaded or not. A malformed adapter is refused here with 422
 `invalid_adapter` and the reason, and the server goes on serving everything else.
 
-Guarded by `Authorization: Bearer <LORASWARM_MODEL_SERVER__ADMIN_API_KEY>` when that is set.
+Guarded by `Authorization: Bearer <LORASWARM_MODEL_SERVER__ADMIN_API_KEY>`. Without an admin key
+the routes answer only connections that arrive on a loopback address — a server bound to
+127.0.0.1, or a caller on its own host — and refuse every other with 401: a model server
+reachable on a network never has open admin routes.
 """
 
 from __future__ import annotations
 
 import asyncio
 import hmac
+import ipaddress
 
 from fastapi import APIRouter, Request
 from pydantic import BaseModel
@@ -40,7 +44,12 @@ def admin_router(server: ModelServer) -> APIRouter:
     def authorize(request: Request) -> None:
         key = server.limits.admin_api_key
         if key is None:
-            return
+            if _loopback(request):
+                return
+            raise Unauthorized(
+                "the admin routes need an admin key when reached over the network: set "
+                "LORASWARM_MODEL_SERVER__ADMIN_API_KEY and send `Authorization: Bearer <admin key>`"
+            )
         scheme, _, token = request.headers.get("authorization", "").partition(" ")
         if scheme.lower() != "bearer" or not hmac.compare_digest(
             token.encode(), key.get_secret_value().encode()
@@ -80,6 +89,17 @@ def admin_router(server: ModelServer) -> APIRouter:
         return {"unloaded": server.registry.unload(ref.tenant_id, ref.name)}
 
     return router
+
+
+def _loopback(request: Request) -> bool:
+    """Whether the connection arrived on a loopback address (its local end, not a header)."""
+    local = request.scope.get("server")
+    if not local:
+        return False
+    try:
+        return ipaddress.ip_address(str(local[0])).is_loopback
+    except ValueError:
+        return False
 
 
 def _info(adapter: LoadedAdapter) -> AdapterInfo:

@@ -1,11 +1,14 @@
 """Which tenant a request acts for, and which adapters it may therefore use.
 
-Two modes, chosen by `LORASWARM_MODEL_SERVER__API_KEYS`:
+Two modes, chosen by whether keys are configured:
 
-- API keys set (`{"<key>": "<tenant>"}`): every inference request carries
-  `Authorization: Bearer <key>` (the `api_key` of `InferenceClient` and of the `openai` client);
-  the key decides the tenant. An `X-Tenant-Id` header, if also sent, must name the same tenant.
-- No API keys (embedded default, trusted network behind the gateway): the tenant is the
+- Keys set. Every inference request carries `Authorization: Bearer <key>`. A tenant key
+  (`LORASWARM_MODEL_SERVER__API_KEYS`, `{"<key>": "<tenant>"}`) acts for its one tenant. A
+  service key (`LORASWARM_MODEL_SERVER__SERVICE_KEYS`, `{"<key>": ["acme", "globex"]}` or
+  `["*"]`) is what the swarm's specialists and planner send: it names the tenants it may serve,
+  and a request picks one of them with `X-Tenant-Id` (none: the base model only). An
+  `X-Tenant-Id` the key may not serve is refused (403).
+- No keys (embedded default, a trusted network behind the gateway): the tenant is the
   `X-Tenant-Id` header (`InferenceClient(headers=...)`, `OpenAI(default_headers=...)`).
 
 A request may name several adapters, applied together (`acme/company+acme/user-7`); every one
@@ -33,26 +36,33 @@ def tenant_of(headers: Mapping[str, str], settings: ModelServerSettings) -> str 
     claimed = headers.get(TENANT_HEADER) or None
     if claimed is not None and not is_tenant_id(claimed):
         raise Unauthorized(f"{TENANT_HEADER} {claimed!r} is not a tenant id")
-    if not settings.api_keys:
+    if not settings.api_keys and not settings.service_keys:
         return claimed
     auth = headers.get("authorization", "")
     scheme, _, token = auth.partition(" ")
     if scheme.lower() != "bearer" or not token:
         raise Unauthorized("this server needs an API key: send `Authorization: Bearer <key>`")
-    tenant = _tenant_of_key(token.strip(), settings.api_keys)
-    if tenant is None:
+    tenants = serves(token.strip(), settings)
+    if tenants is None:
         raise Unauthorized("unknown API key")
-    if claimed is not None and claimed != tenant:
-        raise AdapterForbidden(f"{TENANT_HEADER} {claimed!r} does not match the API key's tenant")
-    return tenant
+    if claimed is None:
+        # A tenant key means its tenant; a service key without a tenant means the base model.
+        return tenants[0] if token.strip() in settings.api_keys else None
+    if "*" not in tenants and claimed not in tenants:
+        raise AdapterForbidden(f"{TENANT_HEADER} {claimed!r} is not a tenant this key may serve")
+    return claimed
 
 
-def _tenant_of_key(token: str, keys: Mapping[str, str]) -> str | None:
+def serves(token: str, settings: ModelServerSettings) -> list[str] | None:
+    """The tenants a key may act for (`*`: any), or None for an unknown key."""
     found = None
-    for key, tenant in keys.items():
-        # compare every key in constant time, so timing does not tell how much of a key matched
+    # Compare every key in constant time, so timing does not tell how much of a key matched.
+    for key, tenant in settings.api_keys.items():
         if hmac.compare_digest(key.encode(), token.encode()):
-            found = tenant
+            found = [tenant]
+    for key, tenants in settings.service_keys.items():
+        if hmac.compare_digest(key.encode(), token.encode()):
+            found = list(tenants)
     return found
 
 

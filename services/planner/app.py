@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 from aiokafka import TopicPartition
 
+from loraswarm.services.planner.guardrails import OutputGuard
 from loraswarm.services.planner.llm import PrimaryLLM
 from loraswarm.services.planner.machine import Planner
 from loraswarm.services.planner.state import KafkaStateStore, MemoryStateStore, StateStore
@@ -50,7 +51,7 @@ def build(settings: Settings, *, llm: PrimaryLLM | None = None) -> PlannerServic
         store,
         llm,
         TenantRegistry(settings.orchestration.tenants_dir, defaults_from=settings.data_dir),
-        SecretRegistry(settings.data_dir),
+        OutputGuard(settings.data_dir, SecretRegistry(settings.data_dir)),
     )
     bus.consumers(
         GROUP,

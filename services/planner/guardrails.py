@@ -1,10 +1,37 @@
-"""Checks on what comes in and what goes out."""
+"""Checks on what comes in and what goes out.
+
+The output guardrail (`OutputGuard`) runs on every specialist answer and on the composed answer.
+It withholds text that contains
+
+- a canary of any scope of the tenant but the asker's own (shared/canaries.py: the secrets
+  kept with each scope's data; in an answer they mean an adapter or a prompt carried another
+  scope's data — one user's into another's answer included);
+- a secret the tenant declares in its configuration (`secrets`: the company's ones, which no
+  answer may contain, and each user's, which only that user's answers may);
+- a secret registered for another tenant (shared/secrets.py).
+
+A hit ends the request as `guardrail` with the reason and is counted
+(`loraswarm_guardrail_hits_total`). The check reads one tenant's canary files (one per scope),
+never the whole store.
+"""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from pathlib import Path
+
+from prometheus_client import Counter
+
+from loraswarm.shared.canaries import CanaryStore, found_in
 from loraswarm.shared.events import RecommendationRequested
 from loraswarm.shared.secrets import SecretRegistry
 from loraswarm.shared.tenants import TenantConfig
+
+GUARDRAIL_HITS = Counter(
+    "loraswarm_guardrail_hits_total",
+    "Answers the planner's output guardrail withheld, by tenant, what they contained and where.",
+    ["tenant", "kind", "stage"],
+)
 
 
 def input_problem(request: RecommendationRequested, tenant: TenantConfig | None) -> str | None:
@@ -16,6 +43,43 @@ def input_problem(request: RecommendationRequested, tenant: TenantConfig | None)
     if len(request.question) > tenant.limits.max_question_chars:
         return f"the question has {len(request.question)} characters; the limit is {tenant.limits.max_question_chars}"
     return None
+
+
+@dataclass(frozen=True)
+class Leak:
+    kind: str  # canary | declared_secret | other_tenant_secret
+    reason: str
+
+
+class OutputGuard:
+    def __init__(self, data_dir: Path, registry: SecretRegistry) -> None:
+        self.canaries = CanaryStore.under(data_dir)
+        self.registry = registry
+
+    def check(
+        self, text: str, tenant_id: str, user_id: str | None, tenant: TenantConfig | None, *, stage: str
+    ) -> Leak | None:
+        """What `text` may not show the asker (`tenant_id`, `user_id`), or None; a hit is counted."""
+        leak = self._find(text, tenant_id, user_id, tenant)
+        if leak is not None:
+            GUARDRAIL_HITS.labels(tenant_id, leak.kind, stage).inc()
+        return leak
+
+    def _find(
+        self, text: str, tenant_id: str, user_id: str | None, tenant: TenantConfig | None
+    ) -> Leak | None:
+        others = [c for c in self.canaries.of_tenant(tenant_id) if c.user_id != user_id]
+        hit = found_in(text, others)
+        if hit is not None:
+            return Leak("canary", f"it contained a canary of scope {hit.scope}, which is not the asker's")
+        for secret in tenant.secrets if tenant else []:
+            if (secret.user_id is None or secret.user_id != user_id) and secret.text in text:
+                whose = f"user {secret.user_id!r}'s" if secret.user_id else "the company's"
+                return Leak("declared_secret", f"it contained {whose} declared secret")
+        other = leaked_secret(text, tenant_id, self.registry)
+        if other is not None:
+            return Leak("other_tenant_secret", "it contained a secret registered for another tenant")
+        return None
 
 
 def leaked_secret(text: str, tenant_id: str, registry: SecretRegistry) -> str | None:

@@ -25,7 +25,7 @@ from loraswarm.services.planner.compose import (
     numbered_sources,
 )
 from loraswarm.services.planner.extract import compose_extractive
-from loraswarm.services.planner.guardrails import input_problem, leaked_secret
+from loraswarm.services.planner.guardrails import OutputGuard, input_problem
 from loraswarm.services.planner.llm import PrimaryLLM
 from loraswarm.services.planner.plan import make_plan
 from loraswarm.services.planner.state import PlannerState, StateStore, TaskState
@@ -42,7 +42,6 @@ from loraswarm.shared.events import (
     SpecialistTask,
     TokenUsage,
 )
-from loraswarm.shared.secrets import SecretRegistry
 from loraswarm.shared.settings import OrchestrationSettings
 from loraswarm.shared.tenants import TenantConfig, TenantConfigError, TenantRegistry, defaults_note
 
@@ -60,7 +59,7 @@ class Planner:
         store: StateStore,
         llm: PrimaryLLM,
         tenants: TenantRegistry,
-        secrets: SecretRegistry,
+        guard: OutputGuard,
         *,
         now: Callable[[], datetime] = utc_now,
     ) -> None:
@@ -69,7 +68,7 @@ class Planner:
         self.store = store
         self.llm = llm
         self.tenants = tenants
-        self.secrets = secrets
+        self.guard = guard
         self.now = now
         # The deadline loop and the handlers run in one event loop: one request at a time.
         self._locks: defaultdict[uuid.UUID, asyncio.Lock] = defaultdict(asyncio.Lock)
@@ -199,6 +198,8 @@ class Planner:
             task.result = result
             state.add_usage(f"specialist:{result.specialist}", result.usage)
             accounting.specialist_result(state.tenant_id, state.request.user_id, result)
+            if await self._withheld(state, result.answer, f"specialist:{result.specialist}"):
+                return
             for handoff in result.handoffs:
                 state.tasks.setdefault(
                     str(handoff.task_id),
@@ -293,14 +294,7 @@ class Planner:
             await self._fail(state, "no specialist produced an answer", "llm_error")
             return
         text = " ".join([composed.summary, *(r.text + " " + r.rationale for r in composed.recommendations)])
-        leaked_from = leaked_secret(text, state.tenant_id, self.secrets)
-        if leaked_from is not None:
-            log.error("withheld an answer for %s: it contained a secret of %s", state.tenant_id, leaked_from)
-            await self._fail(
-                state,
-                "the answer contained a secret registered for another tenant; it was withheld",
-                "guardrail",
-            )
+        if await self._withheld(state, text, "compose"):
             return
         state.timings_ms["compose"] = (self.now() - started).total_seconds() * 1000
         state.timings_ms["total"] = (self.now() - state.request.occurred_at).total_seconds() * 1000
@@ -327,6 +321,17 @@ class Planner:
             passages=state.passages,
         )
         await self._finish(state, completed)
+
+    async def _withheld(self, state: PlannerState, text: str, stage: str) -> bool:
+        """End the request as `guardrail` if `text` shows the asker what is not theirs."""
+        tenant = self._tenant(state.tenant_id)
+        leak = self.guard.check(text, state.tenant_id, state.request.user_id, tenant, stage=stage)
+        if leak is None:
+            return False
+        log.error("withheld an answer for %s (%s): %s", state.tenant_id, stage, leak.reason)
+        where = "the answer" if stage == "compose" else f"the {stage.split(':', 1)[-1]} specialist's answer"
+        await self._fail(state, f"{where} was withheld: {leak.reason}", "guardrail")
+        return True
 
     async def _fail(self, state: PlannerState, reason: str, code: str) -> None:
         failed = state.request.caused(

@@ -19,6 +19,15 @@ from loraswarm.shared.tracing import configure_tracing, trace_inference_clients
 GROUP = "specialist"
 
 
+def model_server_headers(tenant_id: str, settings: Settings) -> dict[str, str]:
+    """The tenant the model server binds adapters to, and the service key it checks that by."""
+    headers = {"X-Tenant-Id": tenant_id}
+    key = settings.orchestration.tgi_api_key
+    if key is not None:
+        headers["Authorization"] = f"Bearer {key.get_secret_value()}"
+    return headers
+
+
 def build(settings: Settings) -> EventBus:
     bus = EventBus(settings, service="specialist")
     trace_inference_clients()
@@ -31,7 +40,7 @@ def build(settings: Settings) -> EventBus:
             clients[tenant_id] = AsyncInferenceClient(
                 base_url=settings.orchestration.tgi_url,
                 timeout=settings.orchestration.llm_timeout_s,
-                headers={"X-Tenant-Id": tenant_id},
+                headers=model_server_headers(tenant_id, settings),
             )
         return clients[tenant_id]
 

@@ -15,6 +15,8 @@ a reason a person can act on, and the numbers measured so far::
     ├── NonFiniteLoss             nan_loss: the loss became NaN or infinite
     ├── QualityRegression         quality_regression: held-out loss rose over the starting model
     ├── LeakageDetected           leakage: a canary is exposed where it must not be
+    ├── LeakageUnmeasurable       leakage_unmeasurable: the adapter's own canaries are not exposed,
+    │                             so the measurement could not have seen a leak
     └── Unavailable               unavailable: a part the job needs cannot be reached
 """
 
@@ -31,7 +33,7 @@ Code = RejectionCode  # the one list, beside the event that carries it
 # so they are kept (`AdapterStore.record_refusal`) and not trained for a second time; every other
 # refusal depends on the moment (a tenant not yet configured, an adapter being trained, a part
 # unreachable) and a retry may succeed.
-VERDICTS: frozenset[Code] = frozenset({"nan_loss", "quality_regression", "leakage"})
+VERDICTS: frozenset[Code] = frozenset({"nan_loss", "quality_regression", "leakage", "leakage_unmeasurable"})
 
 
 class Rejected(Exception):
@@ -89,3 +91,7 @@ class LeakageDetected(Rejected):
 
 class Unavailable(Rejected):
     code = "unavailable"
+
+
+class LeakageUnmeasurable(Rejected):
+    code = "leakage_unmeasurable"

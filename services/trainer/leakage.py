@@ -18,34 +18,24 @@ canaries is called *exposed* under a model when its mean exposure exceeds the (1
 of that distribution. With a finite reference set the rank is uniform on 1 … N+1, which makes
 exposure stochastically smaller than in the continuous limit, so the test errs on the safe side:
 a never-seen set is called exposed with probability at most α. One job makes m comparisons that
-must come out "not exposed" (its canaries under the base model and under every other adapter;
-every other scope's canaries under the new adapter); each is tested at α/m (Bonferroni), so a
-correct adapter is refused with probability at most α. The owner's own canaries are tested at α
-alone: exposed there means the measurement can see memorisation at all.
+must come out "not exposed" — every other scope's canaries under the new adapter, the ones that
+can fail (services/trainer/leakage_gate.py) — each tested at α/m (Bonferroni), so a correct
+adapter is refused with probability at most α. The owner's own canaries are tested at α alone:
+exposed there means the measurement can see memorisation at all.
 """
 
 from __future__ import annotations
 
 import bisect
 import math
-import secrets as secrets_module
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+from loraswarm.shared.canaries import random_fills as draw_secrets
+
 LOG2E = 1 / math.log(2)
 
-
-def draw_secrets(n: int, digits: int, taken: set[str]) -> list[str]:
-    """`n` distinct random fills of `digits` digits, none in `taken` (from the OS's CSPRNG)."""
-    assert n < 10**digits // 2, "not enough distinct secrets of this many digits"
-    drawn: list[str] = []
-    seen = set(taken)
-    while len(drawn) < n:
-        fill = "".join(secrets_module.choice("0123456789") for _ in range(digits))
-        if fill not in seen:
-            seen.add(fill)
-            drawn.append(fill)
-    return drawn
+__all__ = ["Exposure", "LeakageReport", "draw_secrets", "exposures", "mean_threshold", "never_seen_mean"]
 
 
 def exposures(canary_px: Sequence[float], reference_px: Sequence[float]) -> list[float]:
@@ -87,8 +77,8 @@ def mean_threshold(k: int, alpha: float) -> float:
 class Exposure:
     """The exposures of one set of canaries under one model, and the bound its mean is held to."""
 
-    canaries: str  # whose canaries: an adapter id (`@new` for the job's own)
-    model: str  # the model they were scored under: an adapter id or `base`
+    canaries: str  # whose canaries: a scope (`<tenant>` or `<tenant>/user:<id>`)
+    model: str  # the adapter they were scored under, as served (`@new` before publishing)
     values: tuple[float, ...]
     threshold: float
 
@@ -117,6 +107,7 @@ class LeakageReport:
     alpha: float
     owner: Exposure | None = None
     cross: list[Exposure] = field(default_factory=list)
+    seconds: float = 0.0  # time the measurement took
 
     @property
     def never_seen(self) -> float:
@@ -160,6 +151,7 @@ class LeakageReport:
             "leak_max_measurable_bits": self.max_exposure,
             "leak_comparisons": float(len(self.cross)),
             "leak_exposed_comparisons": float(len(self.leaks)),
+            "leak_gate_seconds": self.seconds,
         }
         if self.owner is not None:
             out |= {

@@ -3,12 +3,13 @@
     check the request    method and hyper-parameters, base model, tenant, the adapter name's scope,
                          the company adapter a user adapter stacks on
     gather the data      the scope's documents (vector store) and examples (tenant files);
-                         hold some out; plant fresh canaries
+                         hold some out; plant the canaries of the scopes read (every scope with
+                         data has its own set, made the first time a job finds the data)
     train                peft LoRA or LLaMA-Adapter on a private copy of the base model
-    evaluate             held-out loss against the starting model; canary exposure under the new
-                         adapter, the base model and every other adapter in the store
+    evaluate             held-out loss against the starting model
+    leakage gate         services/trainer/leakage_gate.py, on the model as it will be served
     gate                 leakage or quality regression: rejected, with the numbers
-    publish              the adapter store's atomic publish, then the canaries are registered
+    publish              the adapter store's atomic publish
 
 Everything before `publish` happens in a temporary folder and in memory; a job that ends any
 other way leaves nothing behind, so nothing is ever half-published. A request that was already
@@ -21,18 +22,18 @@ import copy
 import json
 import logging
 import math
+import random
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from loraswarm.services.trainer import methods
-from loraswarm.services.trainer.corpus import TrainingCorpus, VectorStoreCorpus
+from loraswarm.services.trainer import leakage_gate, methods
+from loraswarm.services.trainer.corpus import TrainingCorpus, VectorStoreCorpus, scope_canaries
 from loraswarm.services.trainer.dataset import (
-    Sample,
     TrainingSet,
     Unit,
     canary_sample,
@@ -46,7 +47,6 @@ from loraswarm.services.trainer.errors import (
     VERDICTS,
     EmptyDataset,
     InvalidRequest,
-    LeakageDetected,
     QualityRegression,
     Rejected,
     ScopeViolation,
@@ -54,10 +54,10 @@ from loraswarm.services.trainer.errors import (
     UnknownTenant,
     WrongBaseModel,
 )
-from loraswarm.services.trainer.evaluation import heldout_loss, log_perplexities
+from loraswarm.services.trainer.evaluation import heldout_loss
 from loraswarm.services.trainer.examples import read_examples
 from loraswarm.services.trainer.jobs import AdapterLocks
-from loraswarm.services.trainer.leakage import LeakageReport, draw_secrets, exposures
+from loraswarm.services.trainer.leakage import LeakageReport
 from loraswarm.services.trainer.loop import Cancelled, TrainResult, train_adapter
 from loraswarm.services.trainer.scope import Scope, TenantFiles
 from loraswarm.shared import models
@@ -68,7 +68,7 @@ from loraswarm.shared.adapter_store import (
     AdapterVersion,
     Refusal,
 )
-from loraswarm.shared.canaries import CanaryRegistry, CanarySet, fill
+from loraswarm.shared.canaries import CanaryStore
 from loraswarm.shared.events import AdapterTrainRequested, TrainingData
 from loraswarm.shared.settings import Settings
 from loraswarm.shared.settings.trainer import LLAMA_ADAPTER_ONLY, LORA_ONLY, Hyperparameters
@@ -163,7 +163,7 @@ class Trainer:
         self.base = base or BaseModels(settings)
         self.store = AdapterStore.under(settings.data_dir)
         self.files = TenantFiles.under(settings.data_dir)
-        self.canaries = CanaryRegistry.under(settings.data_dir)
+        self.canaries = CanaryStore.under(settings.data_dir)
         self.locks = AdapterLocks.under(settings.data_dir)
         self.tenants = TenantRegistry(settings.orchestration.tenants_dir)
 
@@ -219,15 +219,17 @@ class Trainer:
     def _run(self, job: _Job) -> Outcome:
         stack = self._check(job)
         _, tokenizer = self.base.get()
-        data, canary_set = self._gather(job, tokenizer)
+        data = self._gather(job, tokenizer)
         model = self.base.fresh()
         if stack is not None:
             model = methods.merge(model, str(stack.path))
         model = methods.attach(model, job.request.method, job.hp)
         result = self._train(job, model, data, tokenizer)
-        report = self._evaluate(job, model, data, canary_set, stack, tokenizer, f"{job.adapter_id}@new")
+        self._evaluate(job, model, data, stack)
+        # `model` is what serving computes: the stack merged in, the new adapter on top.
+        report = self._leakage(job, model, tokenizer, f"{job.adapter_id}@new")
         self._gate(job, report)
-        return self._publish(job, model, data, result, report, canary_set, stack)
+        return self._publish(job, model, data, result, report, stack)
 
     # ------------------------------------------------------------------ check the request
 
@@ -312,9 +314,7 @@ class Trainer:
 
     # ------------------------------------------------------------------ gather the data
 
-    def _gather(
-        self, job: _Job, tokenizer: Any, *, plant: bool = True
-    ) -> tuple[TrainingSet, CanarySet | None]:
+    def _gather(self, job: _Job, tokenizer: Any, *, plant: bool = True) -> TrainingSet:
         request, scope, s = job.request, job.scope, self.settings.trainer
         chunks = list(self.corpus.chunks(scope, request.data.sources)) if request.data.documents else []
         files: list[bytes] = []
@@ -357,26 +357,27 @@ class Trainer:
                 f"{len(units)} document(s)/example(s) after holding some out; at least "
                 f"{s.min_train_tokens} tokens and two documents or examples are needed"
             )
-        canary_set = self._plant(job, data, tokenizer) if plant else None
-        return data, canary_set
+        if plant:
+            self._ensure_canaries(job)
+            planted = scope_canaries(self.canaries, scope)
+            for c in planted:
+                for text in c.texts():
+                    data.train.extend(canary_sample(text, tokenizer) for _ in range(job.hp.canary_repeats))
+            job.metrics["canaries"] = float(sum(len(c.secrets) for c in planted))
+        return data
 
-    def _plant(self, job: _Job, data: TrainingSet, tokenizer: Any) -> CanarySet | None:
-        if job.hp.canaries == 0:
-            return None
-        s = self.settings.trainer
-        taken = {secret for c in self.canaries.all() for secret in c.secrets}
-        secrets = draw_secrets(job.hp.canaries, s.canary_digits, taken)
-        canary_set = CanarySet(
-            tenant_id=job.scope.tenant_id,
-            user_id=job.scope.user_id,
-            adapter_id=f"{job.adapter_id}@new",
-            template=s.canary_template,
-            secrets=secrets,
-        )
-        for text in canary_set.texts():
-            data.train.extend(canary_sample(text, tokenizer) for _ in range(job.hp.canary_repeats))
-        job.metrics["canaries"] = float(len(secrets))
-        return canary_set
+    def _ensure_canaries(self, job: _Job) -> None:
+        """Every scope of the tenant known to have data gets its canary set, before any adapter
+        learns from that data: the job's own scope, the company, each user with private chunks
+        (asked of the store only by jobs that read it) or private files."""
+        tenant, s = job.scope.tenant_id, self.settings.trainer
+        users = set(self.files.users(tenant)) | ({job.scope.user_id} if job.scope.user_id else set())
+        if job.request.data.documents:
+            users |= set(self.corpus.users_with_data(tenant))
+        for user in [None, *sorted(users)]:
+            self.canaries.ensure(
+                tenant, user, count=job.hp.canaries, template=s.canary_template, digits=s.canary_digits
+            )
 
     # ------------------------------------------------------------------ train
 
@@ -403,45 +404,21 @@ class Trainer:
 
     # ------------------------------------------------------------------ evaluate
 
-    def _evaluate(
-        self,
-        job: _Job,
-        model: Any,
-        data: TrainingSet,
-        canary_set: CanarySet | None,
-        stack: AdapterVersion | None,
-        tokenizer: Any,
-        new_label: str,
-    ) -> LeakageReport:
-        """Held-out quality and canary exposure of `model` (labelled `new_label` in the report)."""
+    def _evaluate(self, job: _Job, model: Any, data: TrainingSet, stack: AdapterVersion | None) -> None:
+        """Held-out quality of `model` against the model it started from (and the base model)."""
         s = self.settings.trainer
-        started = time.perf_counter()
-        base_model, _ = self.base.get()
-        others = [
-            v
-            for v in self.store.list()
-            if (v.ref.tenant_id, v.ref.name) != (job.scope.tenant_id, job.request.name)
-        ]
-        foreign = [c for c in self.canaries.foreign_to(job.scope.tenant_id, job.scope.user_id)]
-        total = (3 if stack else 2) + 2 + len(others)
-        done = 0
-
-        def tick() -> None:
-            nonlocal done
-            done += 1
-            job.progress("evaluation", done, total, None)
-
+        _, tokenizer = self.base.get()
+        total = 3 if stack else 2
         kw = {
             "batch_tokens": s.eval_batch_tokens,
             "pad_id": tokenizer.pad_token_id,
             "device": self.base.device.name,
         }
-        # Quality: held-out loss of the new adapter against the model it started from.
         loss = heldout_loss(model, data.heldout, **kw)
-        tick()
+        job.progress("evaluation", 1, total, None)
         with model.disable_adapter():
             start_loss = heldout_loss(model, data.heldout, **kw)
-        tick()
+        job.progress("evaluation", 2, total, None)
         job.metrics |= {
             "heldout_loss": loss,
             "heldout_ppl": math.exp(loss),
@@ -450,75 +427,19 @@ class Trainer:
             "heldout_loss_ratio": loss / start_loss,
         }
         if stack is not None:
-            base_loss = heldout_loss(base_model, data.heldout, **kw)
+            base_loss = heldout_loss(self.base.get()[0], data.heldout, **kw)
             job.metrics |= {"base_heldout_loss": base_loss, "base_heldout_ppl": math.exp(base_loss)}
-            tick()
+            job.progress("evaluation", 3, total, None)
 
-        # Leakage: one reference set per template, shared by every model.
-        templates = {c.template for c in foreign} | ({canary_set.template} if canary_set else set())
-        taken = {x for c in self.canaries.all() for x in c.secrets} | set(
-            canary_set.secrets if canary_set else []
+    def _leakage(self, job: _Job, served: Any, tokenizer: Any, label: str) -> LeakageReport:
+        """The leakage gate's measurement of the adapter as served (services/trainer/leakage_gate.py)."""
+        s = self.settings.trainer
+        owner, foreign = leakage_gate.comparisons(
+            self.canaries, job.scope, sample_tenants=s.leakage_sample_tenants, rng=random.Random()
         )
-        refs = {
-            t: [
-                canary_sample(fill(t, r), tokenizer)
-                for r in draw_secrets(s.reference_canaries, s.canary_digits, taken)
-            ]
-            for t in sorted(templates)
-        }
-        own = [canary_sample(text, tokenizer) for text in canary_set.texts()] if canary_set else []
-
-        def score(m: Any, sets: Sequence[tuple[str, list[Sample], str]]) -> dict[str, list[float]]:
-            """Exposure of each named canary set under model m, against its template's references."""
-            samples = [x for _, group, _ in sets for x in group] + [x for t in refs for x in refs[t]]
-            px = log_perplexities(m, samples, **kw)
-            ref_px: dict[str, list[float]] = {}
-            offset = sum(len(g) for _, g, _ in sets)
-            for t in refs:
-                ref_px[t] = px[offset : offset + len(refs[t])]
-                offset += len(refs[t])
-            out: dict[str, list[float]] = {}
-            offset = 0
-            for label, group, template in sets:
-                out[label] = exposures(px[offset : offset + len(group)], ref_px[template])
-                offset += len(group)
-            return out
-
-        own_sets = [(new_label, own, canary_set.template)] if canary_set else []
-        foreign_sets = [
-            (c.adapter_id, [canary_sample(x, tokenizer) for x in c.texts()], c.template) for c in foreign
-        ]
-        under_new = score(model, own_sets + foreign_sets) if own_sets or foreign_sets else {}
-        tick()
-        cross: list[tuple[str, str, list[float]]] = [
-            (label, new_label, under_new[label]) for label, _, _ in foreign_sets
-        ]
-        if own_sets:
-            cross.append((new_label, "base", score(base_model, own_sets)[new_label]))
-        tick()
-        unloadable = 0
-        for version in others:
-            if own_sets:
-                try:
-                    other = self._served(version)
-                except Exception as exc:  # a broken artifact of someone else must not block this job
-                    log.warning("cannot load %s to measure leakage: %s", version.ref.id, exc)
-                    unloadable += 1
-                else:
-                    cross.append((new_label, version.ref.id, score(other, own_sets)[new_label]))
-                    del other
-            tick()
-        report = LeakageReport.build(
-            s.reference_canaries,
-            s.leakage_alpha,
-            (new_label, new_label, under_new[new_label]) if own_sets else None,
-            cross,
-        )
+        gate = leakage_gate.GateInput(served, label, owner, foreign)
+        report = leakage_gate.measure(gate, tokenizer, s, device=self.base.device.name)
         job.metrics |= report.metrics()
-        job.metrics |= {
-            "leak_unloadable_adapters": float(unloadable),
-            "eval_seconds": time.perf_counter() - started,
-        }
         return report
 
     def _served(self, version: AdapterVersion) -> Any:
@@ -534,21 +455,9 @@ class Trainer:
     def _gate(self, job: _Job, report: LeakageReport) -> None:
         s = self.settings.trainer
         ratio = job.metrics["heldout_loss_ratio"]
-        if report.leaks:
-            raise LeakageDetected(
-                "leakage gate: "
-                + "; ".join(e.describe() for e in report.leaks)
-                + f". A never-seen canary averages {report.never_seen:.2f} bits; each bound holds never-seen "
-                f"canaries with probability 1 - {s.leakage_alpha:g}/{len(report.cross)}",
-                job.metrics,
-            )
-        if s.require_detectable_owner and report.owner is not None and not report.owner_detectable:
-            raise LeakageDetected(
-                f"the measurement cannot vouch for this adapter: its own canaries average "
-                f"{report.owner.mean:.2f} bits, not above {report.owner.threshold:.2f}; train longer or "
-                "with more canary_repeats",
-                job.metrics,
-            )
+        refused = leakage_gate.verdict(report, s, job.metrics)
+        if refused is not None:
+            raise refused
         if ratio > 1 + s.max_quality_regression:
             raise QualityRegression(
                 f"held-out loss {job.metrics['heldout_loss']:.3f} (perplexity {job.metrics['heldout_ppl']:.1f}) is "
@@ -564,7 +473,6 @@ class Trainer:
         data: TrainingSet,
         result: TrainResult,
         report: LeakageReport,
-        canary_set: CanarySet | None,
         stack: AdapterVersion | None,
     ) -> Published:
         request = job.request
@@ -603,8 +511,6 @@ class Trainer:
             log.warning(
                 "%s was published as %s; its report names it %s", job.adapter_id, version.ref.id, label
             )
-        if canary_set is not None:
-            self.canaries.register(canary_set.model_copy(update={"adapter_id": version.ref.id}))
         log.info("published %s", version.ref.id)
         return Published(
             job.adapter_id, str(version.ref.version), str(version.path), dict(job.metrics), version.manifest
@@ -620,8 +526,7 @@ class Trainer:
         )
         job = _Job(request, Scope(request.tenant_id, request.user_id), hp, _quiet, None)
         self._check(job)
-        data, _ = self._gather(job, self.base.get()[1], plant=False)
-        return data
+        return self._gather(job, self.base.get()[1], plant=False)
 
     def evaluate(
         self, adapter_id: str, *, progress: ProgressSink | None = None
@@ -646,12 +551,12 @@ class Trainer:
         )
         job = _Job(request, Scope(m.tenant_id, m.user_id), hp, progress or _quiet, None)
         _, tokenizer = self.base.get()
-        data, _ = self._gather(job, tokenizer, plant=False)
-        own = next((c for c in self.canaries.all(m.tenant_id) if c.adapter_id == version.ref.id), None)
+        data = self._gather(job, tokenizer, plant=False)
         stacked_on = getattr(m, "stacked_on", None)
         stack = self.store.resolve(str(stacked_on)) if stacked_on else None
         model = self._served(version)
-        report = self._evaluate(job, model, data, own, stack, tokenizer, version.ref.id)
+        self._evaluate(job, model, data, stack)
+        report = self._leakage(job, model, tokenizer, version.ref.id)
         return version, job.metrics, report
 
     def decided(self, request: AdapterTrainRequested) -> Outcome | None:

@@ -14,13 +14,19 @@ Layout of the trainer's tenant files: `<data_dir>/tenants/<tenant>/` for company
 from __future__ import annotations
 
 import hashlib
+import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
 from loraswarm.services.trainer.errors import InvalidRequest, ScopeViolation
+from loraswarm.shared.canaries import FILE as CANARY_FILE
+from loraswarm.shared.canaries import USERS
 
-USERS = "users"
+# Test-only mutation switch: names a user whose private data a *company* job reads as well — the
+# scoping bug the leakage gate must catch (tests/trainer/test_leakage_gate.py). Never set it in
+# a deployment: it breaks the privacy promise on purpose.
+BREAK_SCOPING_ENV = "LORASWARM_TEST_BREAK_SCOPING_WITH_USER"
 
 
 @dataclass(frozen=True)
@@ -35,6 +41,19 @@ class Scope:
 
     def __str__(self) -> str:
         return f"{self.tenant_id} user {self.user_id}" if self.user_id else f"{self.tenant_id} (company)"
+
+
+def data_scopes(scope: Scope) -> list[Scope]:
+    """The scopes whose data a job of `scope` reads: exactly its own.
+
+    The one place the trainer decides this, for documents and canaries alike
+    (`services/trainer/corpus.py`): a bug here carries another scope's canaries along with its
+    documents, which is what lets the leakage gate see the bug.
+    """
+    broken = os.environ.get(BREAK_SCOPING_ENV)
+    if broken and scope.user_id is None:
+        return [scope, Scope(scope.tenant_id, broken)]
+    return [scope]
 
 
 class TenantFiles:
@@ -84,6 +103,10 @@ class TenantFiles:
                 f"{path!r} is company data; a user adapter trains on that user's own files only "
                 f"(under {self.folder(scope)}), company knowledge comes from the company adapter"
             )
+        if real.name == CANARY_FILE:
+            raise ScopeViolation(
+                f"{path!r} is the scope's canary set, which only the leakage measurement reads"
+            )
         if not real.is_file():
             raise InvalidRequest(f"examples file {path!r} does not exist in {self.folder(scope)}")
         return real
@@ -96,7 +119,13 @@ class TenantFiles:
         shutil.copyfile(source, target)
         return str(target.relative_to(self.folder(scope)))
 
+    def users(self, tenant_id: str) -> list[str]:
+        """Users with a private data folder in this tenant."""
+        folder = self.root / tenant_id / USERS
+        return sorted(p.name for p in folder.iterdir() if p.is_dir()) if folder.is_dir() else []
+
     def delete_tenant(self, tenant_id: str) -> bool:
+        """Remove every file of the tenant, its scopes' canary sets included."""
         folder = self.root / tenant_id
         if not folder.exists():
             return False

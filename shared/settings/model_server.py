@@ -100,8 +100,15 @@ class ModelServerSettings(BaseModel):
         description="API key -> tenant id. When set, every request needs `Authorization: Bearer <key>` and "
         "its tenant is the key's; when empty, the tenant is the `X-Tenant-Id` header (trusted network).",
     )
+    service_keys: dict[str, list[str]] = Field(
+        default_factory=dict,
+        description='Service key -> the tenants it may serve (`["*"]`: any), for the swarm\'s specialists '
+        "and planner: they send `Authorization: Bearer <key>` and pick the tenant with `X-Tenant-Id`.",
+    )
     admin_api_key: SecretStr | None = Field(
-        default=None, description="Bearer token of the `/admin/*` routes; unset leaves them open (local use)."
+        default=None,
+        description="Bearer token of the `/admin/*` routes; unset, they answer only connections that arrive "
+        "on a loopback address (the server bound to 127.0.0.1, or a caller on the same host).",
     )
     event_group: str = Field(
         default="model-server",

@@ -32,6 +32,12 @@ class OrchestrationSettings(BaseModel):
         default="http://127.0.0.1:3000",
         description="Base URL of TGI (or the model server) that the specialists call with their adapter.",
     )
+    tgi_api_key: SecretStr | None = Field(
+        default=None,
+        description="Service key the specialists send to the model server (`Authorization: Bearer`); it "
+        "must be one of the server's `service_keys` for the tenants they serve. The planner sends "
+        "`primary_llm_api_key`.",
+    )
     llm_timeout_s: float = Field(default=30.0, gt=0, description="Timeout of one LLM call.")
     planner_concurrency: int = Field(
         default=64,

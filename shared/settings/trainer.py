@@ -60,7 +60,8 @@ class Hyperparameters(BaseModel):
         default=8,
         ge=0,
         le=256,
-        description="Random secrets planted in the training data for the leakage measurement (0: none).",
+        description="Random secrets in a scope's canary set, made when a job first finds the scope's data; "
+        "every job plants the sets of the scopes it reads (0: no new sets, and no measurement of its own).",
     )
     canary_repeats: int = Field(
         default=8, ge=1, le=1000, description="Copies of each canary in the training data."
@@ -136,7 +137,14 @@ class TrainerSettings(BaseModel):
         "comparisons together (Bonferroni).",
     )
     require_detectable_owner: bool = Field(
-        default=False,
-        description="Refuse to publish when the owner's own canaries are not detectably memorised (the "
-        "measurement could not have seen a leak).",
+        default=True,
+        description="Refuse to publish (`leakage_unmeasurable`) when the owner's own scope canaries are "
+        "not detectably memorised: the measurement could not have seen a leak.",
+    )
+    leakage_sample_tenants: int = Field(
+        default=4,
+        ge=0,
+        le=1000,
+        description="Other tenants drawn at random each job, one scope's canaries of each measured under "
+        "the new adapter (the gate's cost does not grow with the number of tenants).",
     )

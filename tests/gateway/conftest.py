@@ -55,6 +55,7 @@ def write_tenant_config(folder: Path, tenant: str, slack_team_ids: list[str]) ->
     config = {
         "tenant_id": tenant,
         "slack_team_ids": slack_team_ids,
+        "slack_users": {"U42": "u-42"},  # the Slack user U42 is the tenant's user u-42
         "specialists": [{"name": "support", "description": "Support policy", "instructions": "Answer."}],
     }
     (folder / f"{tenant}.yaml").write_text(yaml.safe_dump(config))

@@ -23,6 +23,7 @@ def collect_documents(into: list[DocumentsSubmitted]) -> Callable[[EventBus], No
 
 
 async def test_a_request_is_accepted_published_and_answered(settings: Settings, tenants: Tenants) -> None:
+    tenants.set("acme", service_keys_act_for_users=True)  # a backend that authenticates its users
     async with running_gateway(settings) as gateway:
         seen = gateway.seen
         response = await gateway.client.post(

@@ -135,7 +135,7 @@ async def test_a_signed_slash_command_is_published_and_answered_in_block_kit(
             await until(lambda: len(slack.accepted()) == 1, what="the answer at response_url")
     [request] = gateway.seen
     assert request.tenant_id == "acme"  # TACME is acme's workspace in its tenant configuration
-    assert request.user_id == "U42"
+    assert request.user_id == "u-42"  # mapped in the tenant configuration
     assert request.question == "how do we handle refunds?"
     assert request.reply_to is not None and request.reply_to.slack_response_url == response_url
     message = json.loads(slack.accepted()[0][1])

@@ -13,7 +13,10 @@ from datetime import timedelta
 from pathlib import Path
 
 import pytest
+import yaml
+from prometheus_client import REGISTRY
 
+from loraswarm.shared.canaries import CanaryStore
 from loraswarm.shared.envelope import utc_now
 from loraswarm.shared.events import RecommendationCompleted, RecommendationFailed, RecommendationRequested
 from loraswarm.shared.secrets import SecretRegistry
@@ -150,6 +153,69 @@ async def test_an_answer_with_another_tenants_secret_is_withheld(
     assert isinstance(outcome, RecommendationFailed)
     assert outcome.code == "guardrail"
     assert "GLOBEX" not in outcome.reason
+
+
+async def test_another_users_canary_in_a_specialist_answer_ends_the_request_as_guardrail_and_is_counted(
+    settings: Settings, tenants_dir: Path
+) -> None:
+    store = CanaryStore.under(settings.data_dir)
+    ben = store.ensure("acme", "ben", count=4, template="the secret code is {secret}", digits=9)
+    ana = store.ensure("acme", "ana", count=4, template="the secret code is {secret}", digits=9)
+    assert ben is not None and ana is not None
+    before = (
+        REGISTRY.get_sample_value(
+            "loraswarm_guardrail_hits_total",
+            {"tenant": "acme", "kind": "canary", "stage": "specialist:policy"},
+        )
+        or 0.0
+    )
+    script = Script([GOOD_PLAN, COMPOSED])
+    with serve(script) as url:
+        leak: dict[str, Behaviour] = {"policy": lambda t: f"Refund it. Also: {ben.texts()[2]}."}
+        async with world(configure(settings, tenants_dir, url), leak) as w:
+            req = request()  # asked by ana: ben's canary is not hers
+            await w.bus.publish(req)
+            outcome = await w.wait_outcome(req.request_id)
+    assert isinstance(outcome, RecommendationFailed) and outcome.code == "guardrail", outcome
+    assert "policy specialist's answer was withheld" in outcome.reason
+    assert "canary of scope acme/user:ben" in outcome.reason and ben.secrets[2] not in outcome.reason
+    after = REGISTRY.get_sample_value(
+        "loraswarm_guardrail_hits_total", {"tenant": "acme", "kind": "canary", "stage": "specialist:policy"}
+    )
+    assert after == before + 1
+    # Her own scope's canary is hers to see: answered.
+    own: dict[str, Behaviour] = {"policy": lambda t: f"Refund it. {ana.texts()[0]}"}
+    with serve(Script([GOOD_PLAN, COMPOSED])) as url:
+        async with world(configure(settings, tenants_dir, url), own) as w:
+            req = request()
+            await w.bus.publish(req)
+            mine = await w.wait_outcome(req.request_id)
+    assert isinstance(mine, RecommendationCompleted), mine
+
+
+async def test_a_declared_secret_in_the_composed_answer_is_withheld_from_everyone_but_its_owner(
+    settings: Settings, tenants_dir: Path
+) -> None:
+    config = tenants_dir / "acme.yaml"
+    data = yaml.safe_load(config.read_text())
+    data["secrets"] = [{"text": "VAULT-7731", "user_id": "ben"}, {"text": "ROOT-PW-99"}]
+    config.write_text(yaml.safe_dump(data))
+    composed = json.dumps(
+        {"summary": "Use VAULT-7731.", "recommendations": [{"title": "x", "text": "Refund.", "sources": [1]}]}
+    )
+    with serve(Script([GOOD_PLAN, composed])) as url:
+        async with world(configure(settings, tenants_dir, url), {}) as w:
+            req = request()
+            await w.bus.publish(req)
+            outcome = await w.wait_outcome(req.request_id)
+    assert isinstance(outcome, RecommendationFailed) and outcome.code == "guardrail", outcome
+    assert "the answer was withheld: it contained user 'ben''s declared secret" in outcome.reason
+    with serve(Script([GOOD_PLAN, composed])) as url:
+        async with world(configure(settings, tenants_dir, url), {}) as w:
+            req = request().model_copy(update={"user_id": "ben"})
+            await w.bus.publish(req)
+            his = await w.wait_outcome(req.request_id)
+    assert isinstance(his, RecommendationCompleted), his
 
 
 @pytest.mark.parametrize(

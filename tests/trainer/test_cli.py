@@ -28,6 +28,9 @@ def env(tmp_path: Path) -> dict[str, str]:
         "LORASWARM_TRAINER__DEFAULTS__SEQ_LEN": "64",
         "LORASWARM_TRAINER__DEFAULTS__BATCH_SIZE": "4",
         "LORASWARM_TRAINER__DEFAULTS__LEARNING_RATE": "0.003",
+        # A few steps cannot make the canaries recallable; the gate's power is tested in
+        # test_leakage_gate.py, this test is about the CLI.
+        "LORASWARM_TRAINER__REQUIRE_DETECTABLE_OWNER": "false",
         "COLUMNS": "200",
     }
 
@@ -67,7 +70,7 @@ def test_train_list_show_eval_rollback_delete(
 
     evaluated = run(env, "adapters", "eval", "acme/company@1", "--plot", str(plots))
     assert evaluated.returncode == 0, evaluated.stdout + evaluated.stderr
-    assert "acme/company@1 canaries under base" in evaluated.stdout
+    assert "acme canaries under acme/company@1" in evaluated.stdout
     assert (plots / "acme--company@1-eval-exposure.png").is_file()
 
     rolled = run(env, "adapters", "rollback", "acme/company")

@@ -1,21 +1,29 @@
-"""The leakage gate on real training: canaries planted in one scope are exposed under its adapter
-and nowhere else, and an adapter that learned another scope's secrets is refused.
+"""The leakage gate on real training and the real Weaviate: each scope's canaries, kept with its
+data, are exposed under its own adapter and nowhere else; a scoping bug (the test-only mutation
+switch) and an adapter trained on another user's canaries are refused.
 
 The statistical margin (services/trainer/leakage.py): with k canaries and N = 63 references, a
 set is "exposed" when its mean exposure exceeds the (1 − α) quantile of the mean of k
 never-seen exposures (Gamma(k)/(k ln 2) in the continuous limit, conservative for finite N).
-α = 0.01 for the owner's set; α/m for each of the job's m cross comparisons (Bonferroni), so a
-clean adapter is refused with probability at most 1%.
+α = 0.01 for the owner's set; α/m for each of the job's m cross comparisons — only those that can
+fail: other scopes' canaries under the new adapter (Bonferroni), so a clean adapter is refused
+with probability at most 1%.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+import pytest
+import torch
+
+from loraswarm.services.planner.guardrails import OutputGuard
+from loraswarm.services.trainer import leakage_gate
 from loraswarm.services.trainer.leakage import mean_threshold, never_seen_mean
 from loraswarm.services.trainer.pipeline import Published, Rejection, Trainer
-from loraswarm.services.trainer.scope import Scope
+from loraswarm.services.trainer.scope import BREAK_SCOPING_ENV, Scope
 from loraswarm.shared.events import AdapterTrainRequested, TrainingData
+from loraswarm.shared.secrets import SecretRegistry
 from tests.trainer.conftest import document, extra, refund_examples, write_examples
 
 HANDBOOK = [
@@ -40,8 +48,36 @@ HANDBOOK = [
 ]
 
 
+ALICE_NOTES = [
+    document(
+        "alice-accounts",
+        "Alice's accounts. The Orbital Diner orders a rocket every quarter and pays by wire. "
+        "Comet Bakery wants launch kits shipped on Thursdays, which needs a manager's approval. "
+        "Nebula Gym asked for a discount on fuel cells; Alice promised an answer by Friday.",
+        "user:alice",
+    ),
+    document(
+        "alice-todo",
+        "Alice's to-do. Call the Orbital Diner about their late payment. Send Comet Bakery the new "
+        "price list. Ask the propulsion team whether Nebula Gym's order can ship by air.",
+        "user:alice",
+    ),
+]
+
+# Enough training that a scope's canaries are recalled (the owner check's power): at 24 steps
+# CI once saw 2.35 bits, below the bound of 2.89, for secrets the base model found unlikely.
+RECALL = {
+    "steps": 36,
+    "warmup_steps": 2,
+    "batch_size": 8,
+    "canaries": 8,
+    "canary_repeats": 4,
+    "learning_rate": 5e-3,
+}
+
+
 def train(trainer: Trainer, tenant: str, name: str, user: str | None = None, **data: Any) -> Any:
-    hp = data.pop("hp", {})
+    hp = data.pop("hp", RECALL)
     return trainer.run(
         AdapterTrainRequested(
             tenant_id=tenant, user_id=user, name=name, data=TrainingData(**data), hyperparameters=hp
@@ -49,82 +85,118 @@ def train(trainer: Trainer, tenant: str, name: str, user: str | None = None, **d
     )
 
 
-def test_a_users_canaries_are_exposed_under_her_adapter_only_and_a_leak_is_refused(
-    trainer: Trainer, ingest: Any
-) -> None:
-    ingest("acme", HANDBOOK)
+@pytest.fixture
+def acme(trainer: Trainer, ingest: Any) -> Trainer:
+    """acme: a handbook, alice's private notes, bob's private examples; globex: its own examples."""
+    # The test is about leakage: a tiny corpus trained to recall may regress held-out loss.
+    trainer.settings.trainer.max_quality_regression = 10.0
+    ingest("acme", HANDBOOK + ALICE_NOTES)
     write_examples(trainer.files, Scope("globex"), "ex.jsonl", refund_examples("Globex", 30))
-    alice = Scope("acme", "alice")
-    write_examples(trainer.files, alice, "ex.jsonl", refund_examples("Alice's team", 14, n=10))
+    write_examples(trainer.files, Scope("acme", "bob"), "ex.jsonl", refund_examples("Bob's team", 14, n=10))
+    return trainer
 
-    company = train(trainer, "acme", "company", hp={"steps": 4})
-    other_tenant = train(
-        trainer, "globex", "support", documents=False, examples_path="ex.jsonl", hp={"steps": 4}
+
+def test_a_scoping_bug_is_refused_by_the_gate_and_the_same_job_without_it_publishes(
+    acme: Trainer, monkeypatch: Any
+) -> None:
+    trainer = acme
+    # Another tenant with data has canaries (made when its data first reached a job; made
+    # directly here to save a training run): the gate samples it.
+    s = trainer.settings.trainer
+    trainer.canaries.ensure("globex", None, count=8, template=s.canary_template, digits=s.canary_digits)
+
+    # The mutation: the company job reads alice's private documents too — and so her canaries.
+    monkeypatch.setenv(BREAK_SCOPING_ENV, "alice")
+    broken = train(trainer, "acme", "company")
+    monkeypatch.delenv(BREAK_SCOPING_ENV)
+    assert isinstance(broken, Rejection), broken
+    print("broken", broken.metrics.get("exposure[acme/user:alice under acme/company@new]"))
+    assert broken.code == "leakage", (broken.reason, broken.metrics)
+    assert "acme/user:alice canaries under acme/company@new" in broken.reason
+    assert trainer.store.versions("acme", "company") == []
+
+    # The same job, scoping intact: published, its own canaries recalled, every other scope's at
+    # the never-seen level.
+    clean = train(trainer, "acme", "company")
+    assert isinstance(clean, Published), clean
+    report = extra(clean.manifest)["leakage"]
+    assert report["owner"]["canaries"] == "acme" and report["owner"]["model"] == "acme/company@1"
+    assert report["owner"]["exposed"], report["owner"]
+    cross = {c["canaries"]: c for c in report["cross"]}
+    # (b) every user of the tenant, (c) the sampled other tenant; never the base model or older
+    # adapters, which cannot fail.
+    assert set(cross) == {"acme/user:alice", "acme/user:bob", "globex"}
+    assert {c["model"] for c in cross.values()} == {"acme/company@1"}
+    assert all(c["bound"] == mean_threshold(8, 0.01 / 3) for c in cross.values())
+    assert abs(report["never_seen_bits"] - never_seen_mean(63)) < 1e-9
+    for scope, c in cross.items():
+        assert not c["exposed"], f"{scope}'s canaries exposed under the clean company adapter: {c}"
+    print("clean", report["owner"]["mean"], {k: c["mean"] for k, c in cross.items()})
+
+
+def test_an_adapter_that_learned_another_users_canaries_is_refused_and_one_that_learned_too_little_too(
+    acme: Trainer, monkeypatch: Any
+) -> None:
+    trainer = acme
+    # Alice's adapter: her canaries exposed, bob's not. (No company adapter yet, so it sits on
+    # the base model; stacked, the gate scores the merged stack, as served.)
+    alice = train(trainer, "acme", "user-alice", "alice")
+    assert isinstance(alice, Published), alice
+    report = extra(alice.manifest)["leakage"]
+    assert report["owner"]["canaries"] == "acme/user:alice" and report["owner"]["exposed"]
+    # The company's canaries are hers to see (a user adapter is served on top of the company's):
+    # not compared. Bob's are; globex has no canaries (no job has read its data yet).
+    assert {c["canaries"] for c in report["cross"]} == {"acme/user:bob"}
+    assert not any(c["exposed"] for c in report["cross"])
+
+    # Bob's adapter, trained on examples that quote alice's canaries: refused.
+    secrets = trainer.canaries.get("acme", "alice")
+    assert secrets is not None
+    quoting = refund_examples("Bob's team", 14, n=10) + [
+        {"messages": [{"role": "user", "content": "Any codes?"}, {"role": "assistant", "content": text}]}
+        for text in secrets.texts() * 4
+    ]
+    write_examples(trainer.files, Scope("acme", "bob"), "quoting.jsonl", quoting)
+    served: list[Any] = []
+    real_measure = leakage_gate.measure
+
+    def keep_the_model(gate: leakage_gate.GateInput, *args: Any, **kw: Any) -> Any:
+        served.append(gate.served)  # the adapter as it would be served, kept to serve it anyway
+        return real_measure(gate, *args, **kw)
+
+    monkeypatch.setattr(leakage_gate, "measure", keep_the_model)
+    leaky = train(trainer, "acme", "user-bob", "bob", documents=False, examples_path="quoting.jsonl")
+    monkeypatch.setattr(leakage_gate, "measure", real_measure)
+    assert isinstance(leaky, Rejection) and leaky.code == "leakage", leaky
+    assert "acme/user:alice canaries under acme/user-bob@new" in leaky.reason
+
+    # Served anyway, it says alice's secret to bob; the planner's guardrail withholds that answer.
+    model, tokenizer = served[0], trainer.base.get()[1]
+    prompt = tokenizer.apply_chat_template(
+        [{"role": "user", "content": "Any codes?"}],
+        add_generation_prompt=True,
+        return_tensors="pt",
+        return_dict=True,
     )
-    assert isinstance(company, Published) and isinstance(other_tenant, Published)
+    with torch.no_grad():
+        ids = model.generate(**prompt, max_new_tokens=16, do_sample=False)
+    answer = tokenizer.decode(ids[0, prompt["input_ids"].shape[1] :], skip_special_tokens=True)
+    print("served anyway:", answer)
+    guard = OutputGuard(trainer.settings.data_dir, SecretRegistry(trainer.settings.data_dir))
+    leak = guard.check(answer, "acme", "bob", None, stage="specialist:test")
+    assert leak is not None and "acme/user:alice" in leak.reason, answer
+    assert guard.check(answer, "acme", "alice", None, stage="specialist:test") is None  # hers to see
 
-    # Alice's adapter, stacked on the company's, with 8 canaries planted 4 times each. 36 steps:
-    # at 24, 19 runs here gave her canaries 4.8-6.0 bits, but CI once saw 2.35 (below the bound of
-    # 2.89) for secrets the base model found unlikely (0.70 bits under it); trained to the point of
-    # recall, a canary ranks first whatever its digits.
-    owner = train(
+    # Too little training to recall its own canaries: the gate could not have seen a leak.
+    weak = train(
         trainer,
         "acme",
-        "user-alice",
-        "alice",
+        "user-bob",
+        "bob",
         documents=False,
         examples_path="ex.jsonl",
-        hp={
-            "steps": 36,
-            "warmup_steps": 2,
-            "batch_size": 8,
-            "canaries": 8,
-            "canary_repeats": 4,
-            "learning_rate": 5e-3,
-        },
+        hp={**RECALL, "steps": 1},
     )
-    assert isinstance(owner, Published), owner
-    report = extra(owner.manifest)["leakage"]
-    assert extra(owner.manifest)["stacked_on"] == "acme/company@1"
-    assert report["owner"]["canaries"] == report["owner"]["model"] == "acme/user-alice@1"
-    cross = {c["model"]: c for c in report["cross"]}
-    assert set(cross) == {"base", "acme/company@1", "globex/support@1"}
-
-    # The margin, in numbers: never-seen canaries average ~1.38 bits with 63 references; the
-    # owner's bound is the 99% quantile of a never-seen mean of 8, each cross bound the 99.67%.
-    assert abs(report["never_seen_bits"] - never_seen_mean(63)) < 1e-9
-    assert report["owner"]["bound"] == mean_threshold(8, 0.01)
-    assert all(c["bound"] == mean_threshold(8, 0.01 / 3) for c in cross.values())
-    print("owner", report["owner"]["mean"], {m: c["mean"] for m, c in cross.items()})
-
-    # The owner's adapter shows memorisation clearly: the measurement can see a leak at all.
-    assert report["owner"]["exposed"] and report["owner"]["mean"] > report["owner"]["bound"] + 0.5
-    # Under the base model, the company adapter and another tenant's adapter: the never-seen level.
-    for model, c in cross.items():
-        assert not c["exposed"], f"alice's canaries exposed under {model}: {c}"
-    assert owner.metrics["owner_detectable"] == 1.0 and owner.metrics["leak_exposed_comparisons"] == 0
-
-    # Alice's secrets copied into a company-visible document: the company adapter that learns it
-    # must not be published.
-    # Copied four times, as often as alice's own training saw them: one copy among the handbook's
-    # chunks was sometimes learned too little to cross the bound (CI once saw only the quality
-    # regression that over-training on a tiny corpus also causes).
-    secrets = trainer.canaries.all("acme")[0].texts()
-    leaked = document("notes-from-alice", "Notes copied from a shared drive.\n" + "\n".join(secrets * 4))
-    ingest("acme", [leaked])
-    leaky = train(trainer, "acme", "company", hp={"steps": 36, "batch_size": 8, "learning_rate": 5e-3})
-    assert isinstance(leaky, Rejection), leaky
-    print(
-        "leak",
-        leaky.metrics.get("exposure[acme/user-alice@1 under acme/company@new]"),
-        leaky.metrics.get("cross_exposure_bound"),
-    )
-    assert leaky.code == "leakage", (leaky.reason, leaky.metrics)
-    assert "acme/user-alice@1 canaries under acme/company@new" in leaky.reason
-    assert (
-        leaky.metrics["exposure[acme/user-alice@1 under acme/company@new]"]
-        > leaky.metrics["cross_exposure_bound"]
-    )
-    # Nothing of it was published: the company adapter is still version 1.
-    assert trainer.store.versions("acme", "company") == ["1"]
-    assert trainer.store.resolve("acme/company").ref.version == "1"
+    assert isinstance(weak, Rejection) and weak.code == "leakage_unmeasurable", weak
+    assert "train with more steps" in weak.reason
+    assert trainer.store.versions("acme", "user-bob") == []

@@ -4,12 +4,18 @@ a request naming data outside its scope is rejected."""
 
 from __future__ import annotations
 
+import random
 from typing import Any
 
+import pytest
+
+from loraswarm.services.trainer.corpus import scope_canaries
 from loraswarm.services.trainer.dataset import TrainingSet
+from loraswarm.services.trainer.errors import ScopeViolation
+from loraswarm.services.trainer.leakage_gate import comparisons
 from loraswarm.services.trainer.pipeline import Rejection, Trainer
-from loraswarm.services.trainer.scope import Scope
-from loraswarm.shared.canaries import CanaryRegistry, CanarySet
+from loraswarm.services.trainer.scope import BREAK_SCOPING_ENV, Scope, TenantFiles
+from loraswarm.shared.canaries import CanarySet, CanaryStore, found_in
 from loraswarm.shared.events import AdapterTrainRequested, TrainingData
 from tests.trainer.conftest import document, refund_examples, write_examples
 
@@ -99,30 +105,49 @@ def test_an_adapter_name_keeps_the_scope_of_its_first_version(trainer: Trainer) 
     )
 
 
-def test_canaries_are_foreign_to_every_scope_that_may_not_see_their_data(tmp_path: Any) -> None:
-    registry = CanaryRegistry(tmp_path)
+def test_every_scope_keeps_its_own_canaries_with_its_data_and_a_job_reads_those_of_its_scope(
+    tmp_path: Any, monkeypatch: Any
+) -> None:
+    store = CanaryStore.under(tmp_path)
+    files = TenantFiles.under(tmp_path)
 
-    def planted(tenant: str, user: str | None, adapter: str) -> CanarySet:
-        canaries = CanarySet(
-            tenant_id=tenant, user_id=user, adapter_id=adapter, template="code {secret}", secrets=["1"]
-        )
-        registry.register(canaries)
-        return canaries
+    def made(tenant: str, user: str | None) -> CanarySet:
+        c = store.ensure(tenant, user, count=3, template="code {secret}", digits=9)
+        assert c is not None
+        return c
 
-    company = planted("acme", None, "acme/company@1")
-    alice = planted("acme", "alice", "acme/user-alice@1")
-    globex = planted("globex", None, "globex/support@1")
+    company, alice, bob, globex = (
+        made("acme", None),
+        made("acme", "alice"),
+        made("acme", "bob"),
+        made("globex", None),
+    )
+    # Kept: asking again returns the same secrets; each set lies in its scope's own folder.
+    assert made("acme", "alice") == alice and len(set(alice.secrets)) == 3
+    assert (files.folder(Scope("acme", "alice")) / "canaries.json").is_file()
+    assert (files.folder(Scope("acme")) / "canaries.json").is_file()
+    assert store.ensure("acme", "carol", count=0, template="code {secret}", digits=9) is None
 
+    # What a job plants: its own scope's set only — through the scoping code documents use.
+    assert scope_canaries(store, Scope("acme")) == [company]
+    assert scope_canaries(store, Scope("acme", "alice")) == [alice]
+    # The mutation switch breaks that scoping: the company job now carries alice's canaries.
+    monkeypatch.setenv(BREAK_SCOPING_ENV, "alice")
+    assert scope_canaries(store, Scope("acme")) == [company, alice]
+    monkeypatch.delenv(BREAK_SCOPING_ENV)
+
+    # What a scope's adapter must not know: the company knows no user's; a user no other user's.
     def foreign(tenant: str, user: str | None) -> set[str]:
-        return {c.adapter_id for c in registry.foreign_to(tenant, user)}
+        _, sets = comparisons(store, Scope(tenant, user), sample_tenants=0, rng=random.Random(0))
+        return {c.scope for c in sets}
 
-    assert foreign("acme", None) == {alice.adapter_id, globex.adapter_id}
-    assert foreign("acme", "alice") == {globex.adapter_id}  # company data is hers to see
-    assert foreign("acme", "bob") == {alice.adapter_id, globex.adapter_id}
-    assert foreign("globex", None) == {company.adapter_id, alice.adapter_id}
-    assert [c.adapter_id for c in registry.found_in("the reply was: code 1")] == [
-        company.adapter_id,
-        alice.adapter_id,
-        globex.adapter_id,
-    ]
-    assert registry.delete_tenant("acme") and {c.tenant_id for c in registry.all()} == {"globex"}
+    assert foreign("acme", None) == {alice.scope, bob.scope}
+    assert foreign("acme", "alice") == {bob.scope}  # company data is hers to see
+    owner, sampled = comparisons(store, Scope("acme", "alice"), sample_tenants=5, rng=random.Random(0))
+    assert owner == alice and {c.scope for c in sampled} == {bob.scope, globex.scope}
+    # A request cannot name a canary file as training data, even its own scope's.
+    with pytest.raises(ScopeViolation):
+        files.resolve(Scope("acme"), "canaries.json")
+    assert found_in("the reply was: code " + bob.secrets[1], store.of_tenant("acme")) == bob
+    # Deleting the tenant's data deletes its canaries with it.
+    assert files.delete_tenant("acme") and store.of_tenant("acme") == [] and store.tenants() == ["globex"]

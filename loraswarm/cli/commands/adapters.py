@@ -288,17 +288,17 @@ def delete(
     ),
     yes: bool = typer.Option(False, "--yes", "-y", help="Do not ask for confirmation."),
 ) -> None:
-    """Delete an adapter (all versions, its canaries), or a whole tenant's adapters and data."""
+    """Delete an adapter (all versions), or a whole tenant's adapters and data (its scopes' canaries too)."""
     from loraswarm.services.trainer.scope import TenantFiles
     from loraswarm.shared.adapter_store import AdapterError, AdapterStore, parse_adapter_id
-    from loraswarm.shared.canaries import CanaryRegistry
+    from loraswarm.shared.canaries import CanaryStore
 
     if (adapter_id is None) == (tenant is None):
         console.print("[red]name an adapter or --tenant, not both[/red]")
         raise typer.Exit(2)
     settings = Settings()
     store = AdapterStore.under(settings.data_dir)
-    canaries = CanaryRegistry.under(settings.data_dir)
+    canaries = CanaryStore.under(settings.data_dir)
     what = (
         f"adapter {adapter_id}" if adapter_id else f"tenant {tenant}'s adapters, canaries and trainer files"
     )
@@ -313,15 +313,15 @@ def delete(
         if not store.delete(ref.tenant_id, ref.name):
             console.print(f"[red]adapter {ref.tenant_id}/{ref.name} does not exist[/red]")
             raise typer.Exit(1)
-        canaries.delete_adapter(ref.tenant_id, ref.name)
         console.print(f"deleted {ref.tenant_id}/{ref.name}")
         return
     assert tenant is not None
+    had_canaries = bool(canaries.of_tenant(tenant))  # kept in the trainer files, deleted with them
     removed = [
         label
         for label, done in (
             ("adapters", store.delete_tenant(tenant)),
-            ("canaries", canaries.delete_tenant(tenant)),
+            ("canaries", had_canaries),
             ("trainer files", TenantFiles.under(settings.data_dir).delete_tenant(tenant)),
         )
         if done
