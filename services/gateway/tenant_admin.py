@@ -24,7 +24,7 @@ from loraswarm.services.gateway.access import (
     revoke_api_keys,
 )
 from loraswarm.shared.adapter_store import AdapterStore
-from loraswarm.shared.canaries import CanaryRegistry
+from loraswarm.shared.canaries import CanaryStore
 from loraswarm.shared.envelope import TenantId
 from loraswarm.shared.events import UserId
 from loraswarm.shared.settings import Settings
@@ -206,12 +206,14 @@ def delete(settings: Settings, tenant_id: str, *, documents: bool = True) -> lis
     # The trainer's per-tenant data store (services/trainer/scope.py TenantFiles.under): a service
     # may not import another, so its folder is named here too.
     trainer_files = settings.data_dir / "tenants" / tenant_id
+    # Each scope's canaries live in that scope's data folder, so they go with the trainer files.
+    had_canaries = bool(CanaryStore.under(settings.data_dir).of_tenant(tenant_id))
     removed = [
         label
         for label, done in (
             ("adapters", AdapterStore.under(settings.data_dir).delete_tenant(tenant_id)),
-            ("canaries", CanaryRegistry.under(settings.data_dir).delete_tenant(tenant_id)),
             ("trainer files", _remove_tree(trainer_files)),
+            ("canaries", had_canaries),
             ("API keys", remove_tenant(access_file(settings), tenant_id)),
         )
         if done
