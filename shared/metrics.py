@@ -96,6 +96,12 @@ REQUEST_TOKENS = Counter(
     ["tenant", "user", "adapter", "step", "direction"],
 )
 
+GUARDRAIL_HITS = Counter(
+    "loraswarm_guardrail_hits_total",
+    "Answers the planner's output guardrail withheld, by tenant, what they contained and where.",
+    ["tenant", "kind", "stage"],
+)
+
 # ---------------------------------------------------------------- recommendations (gateway)
 
 RECOMMENDATIONS = Counter(

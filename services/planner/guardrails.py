@@ -20,18 +20,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from prometheus_client import Counter
-
 from loraswarm.shared.canaries import CanaryStore, found_in
 from loraswarm.shared.events import RecommendationRequested
+from loraswarm.shared.metrics import GUARDRAIL_HITS
 from loraswarm.shared.secrets import SecretRegistry
 from loraswarm.shared.tenants import TenantConfig
-
-GUARDRAIL_HITS = Counter(
-    "loraswarm_guardrail_hits_total",
-    "Answers the planner's output guardrail withheld, by tenant, what they contained and where.",
-    ["tenant", "kind", "stage"],
-)
 
 
 def input_problem(request: RecommendationRequested, tenant: TenantConfig | None) -> str | None:
