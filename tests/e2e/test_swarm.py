@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
+from loraswarm.services.planner.extract import UNSUPPORTED_NOTE
 from loraswarm.shared.bus import EventBus
 from loraswarm.shared.events import RecommendationCompleted, RecommendationFailed, RecommendationRequested
 from loraswarm.shared.settings import Settings
@@ -50,9 +51,14 @@ async def test_each_tenant_gets_its_own_documents_and_adapters(kafka_bootstrap: 
         outcome = outcomes[str(request.request_id)]
         assert isinstance(outcome, RecommendationCompleted), outcome
         own_docs = {d for d, _, _ in TENANT_DOCS[request.tenant_id]}
+        given = {p.citation.doc_id for p in outcome.passages}
+        assert given, "no passages reached the composer"
+        assert given <= own_docs, f"{request.tenant_id} was given {given - own_docs}"
         cited = {c.doc_id for r in outcome.recommendations for c in r.citations}
-        assert cited, "no citations"
         assert cited <= own_docs, f"{request.tenant_id} cited {cited - own_docs}"
+        # A citation only where a passage supports the answer; an answer with none says so.
+        for r in outcome.recommendations:
+            assert r.citations or r.rationale == UNSUPPORTED_NOTE, r
         for contribution in outcome.contributions:
             assert contribution.adapter_ids, "a specialist ran without the tenant's adapter"
             assert all(a.startswith(f"{request.tenant_id}/") for a in contribution.adapter_ids)

@@ -37,6 +37,8 @@ async def test_one_request_is_one_trace_across_every_service(
 ) -> None:
     settings = isolated_settings("kafka", tmp_path, kafka_bootstrap)
     tenants = make_tenants(settings)  # API keys for the gateway; tenants_dir under data_dir
+    # The request names ana: a backend that authenticates its users may act for them.
+    tenants.set("acme", service_keys_act_for_users=True)
     # Acme as the planner knows it, with a CPU's deadline; its specialists stack ana's adapter.
     write_tenant(
         settings.orchestration.tenants_dir,
