@@ -59,6 +59,8 @@ async def test_a_retried_plan_and_an_invalid_composition_are_counted_in_event_an
     settings: Settings, tenants_dir: Path
 ) -> None:
     # plan: garbage, then a valid plan (a retry); compose: an answer that is not a composition.
+    # The composer that asks the LLM for the whole composition: its answer can fail validation.
+    settings.orchestration.composer = "legacy"
     script = Script(["no plan here", TWO_PLAN, "not a composition either"])
     before = snapshot()
     with serve(script) as url:

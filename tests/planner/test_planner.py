@@ -196,6 +196,8 @@ async def test_another_users_canary_in_a_specialist_answer_ends_the_request_as_g
 async def test_a_declared_secret_in_the_composed_answer_is_withheld_from_everyone_but_its_owner(
     settings: Settings, tenants_dir: Path
 ) -> None:
+    # The LLM writes the whole composition (the legacy composer), so the secret reaches the composed text.
+    settings.orchestration.composer = "legacy"
     config = tenants_dir / "acme.yaml"
     data = yaml.safe_load(config.read_text())
     data["secrets"] = [{"text": "VAULT-7731", "user_id": "ben"}, {"text": "ROOT-PW-99"}]
