@@ -42,6 +42,21 @@ def start_planner(env: dict[str, str]) -> subprocess.Popen[bytes]:
     )
 
 
+def client_outcomes(bus: EventBus) -> list[RecommendationCompleted | RecommendationFailed]:
+    """Every outcome the client's consumers receive, in arrival order (copies too)."""
+    outcomes: list[RecommendationCompleted | RecommendationFailed] = []
+
+    @bus.consumer(RecommendationCompleted, group="client")
+    async def completed(event: RecommendationCompleted) -> None:
+        outcomes.append(event)
+
+    @bus.consumer(RecommendationFailed, group="client-failed")
+    async def failed(event: RecommendationFailed) -> None:
+        outcomes.append(event)
+
+    return outcomes
+
+
 async def test_the_planner_killed_after_fan_out_finishes_the_request_once(
     kafka_bootstrap: str, tmp_path: Path, tenants_dir: Path
 ) -> None:
@@ -61,7 +76,7 @@ async def test_the_planner_killed_after_fan_out_finishes_the_request_once(
         }
         bus = EventBus(settings, service="crash-test")
         tasks: list[SpecialistTask] = []
-        outcomes: list[RecommendationCompleted | RecommendationFailed] = []
+        outcomes = client_outcomes(bus)
 
         @bus.consumer(RetrievalRequested, group="fake-retriever")
         async def retrieve(event: RetrievalRequested) -> None:
@@ -70,14 +85,6 @@ async def test_the_planner_killed_after_fan_out_finishes_the_request_once(
         @bus.consumer(SpecialistTask, group="fake-specialists")
         async def collect(task: SpecialistTask) -> None:
             tasks.append(task)
-
-        @bus.consumer(RecommendationCompleted, group="client")
-        async def completed(event: RecommendationCompleted) -> None:
-            outcomes.append(event)
-
-        @bus.consumer(RecommendationFailed, group="client-failed")
-        async def failed(event: RecommendationFailed) -> None:
-            outcomes.append(event)
 
         async with bus:
             first = start_planner(env)

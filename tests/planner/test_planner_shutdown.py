@@ -15,7 +15,6 @@ from pathlib import Path
 from loraswarm.shared.bus import EventBus
 from loraswarm.shared.events import (
     RecommendationCompleted,
-    RecommendationFailed,
     RecommendationRequested,
     RetrievalCompleted,
     RetrievalRequested,
@@ -25,7 +24,7 @@ from loraswarm.shared.events import (
 from tests.conftest import isolated_settings
 from tests.planner.scripted_llm import Script, serve
 from tests.planner.test_planner import COMPOSED, TWO_PLAN
-from tests.planner.test_planner_crash import start_planner
+from tests.planner.test_planner_crash import client_outcomes, start_planner
 from tests.planner.world import PASSAGE
 from tests.shared.test_bus import until
 
@@ -51,7 +50,7 @@ async def test_sigterm_with_an_llm_call_in_flight_exits_within_the_grace_and_los
             "LORASWARM_SHUTDOWN_GRACE_S": str(GRACE_S),
         }
         bus = EventBus(settings, service="shutdown-test")
-        outcomes: list[RecommendationCompleted | RecommendationFailed] = []
+        outcomes = client_outcomes(bus)
 
         @bus.consumer(RetrievalRequested, group="fake-retriever")
         async def retrieve(event: RetrievalRequested) -> None:
@@ -64,14 +63,6 @@ async def test_sigterm_with_an_llm_call_in_flight_exits_within_the_grace_and_los
                     SpecialistResult, specialist=task.specialist, task_id=task.event_id, answer="30 days."
                 )
             )
-
-        @bus.consumer(RecommendationCompleted, group="client")
-        async def completed(event: RecommendationCompleted) -> None:
-            outcomes.append(event)
-
-        @bus.consumer(RecommendationFailed, group="client-failed")
-        async def failed(event: RecommendationFailed) -> None:
-            outcomes.append(event)
 
         async with bus:
             first = start_planner(env)
