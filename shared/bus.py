@@ -1,4 +1,4 @@
-"""The broker factory and the one object a service talks to: `EventBus`.
+"""The one object a service talks to: `EventBus`.
 
 `EventBus(settings, service=...)` builds a FastStream `KafkaBroker` that runs every subscriber
 under the consumer policy (`consumer.EventPolicy`). With `broker = "kafka"` it talks to the
@@ -12,176 +12,32 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import ssl
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from contextlib import AsyncExitStack
 from types import TracebackType
 from typing import Any, Self, TypeVar
 
 from aiokafka.coordinator.assignors.range import RangePartitionAssignor
-from aiokafka.partitioner import DefaultPartitioner
 from faststream import AckPolicy
-from faststream.kafka import KafkaBroker, TestKafkaBroker
 from faststream.kafka.annotations import KafkaMessage
-from faststream.security import BaseSecurity, SASLPlaintext, SASLScram256, SASLScram512
 
 from loraswarm.shared.codec import encode
 from loraswarm.shared.consumer import ConsumerPolicy
 from loraswarm.shared.envelope import Envelope
 from loraswarm.shared.events import DeadLetter
+from loraswarm.shared.in_process_kafka import IN_PROCESS
+from loraswarm.shared.kafka_client import ensure_topics, make_broker
 from loraswarm.shared.lanes import LaneKey, Lanes
 from loraswarm.shared.metrics import EVENTS_PUBLISHED
 from loraswarm.shared.processed import ProcessedRegistry
-from loraswarm.shared.settings import KafkaSettings, Settings
-from loraswarm.shared.topics import ALL_TOPICS, DLQ, prefixed, topic_of
+from loraswarm.shared.settings import Settings
+from loraswarm.shared.topics import DLQ, prefixed, topic_of
 from loraswarm.shared.tracing import send_span
 
 log = logging.getLogger("loraswarm.bus")
 
 E = TypeVar("E", bound=Envelope)
 Handler = Callable[[E], Awaitable[Any]]
-
-# Large enough for a dead letter that carries a message at the consumer's size limit, base64'd.
-_MAX_REQUEST_BYTES = 16 * 1024 * 1024
-
-
-def kafka_security(kafka: KafkaSettings) -> BaseSecurity | None:
-    """FastStream security settings from ours (SASL and/or TLS)."""
-    use_ssl = kafka.security_protocol in ("SSL", "SASL_SSL")
-    context: ssl.SSLContext | None = None
-    if use_ssl:
-        context = ssl.create_default_context(cafile=str(kafka.ssl_cafile) if kafka.ssl_cafile else None)
-        if kafka.ssl_certfile:
-            context.load_cert_chain(
-                str(kafka.ssl_certfile), str(kafka.ssl_keyfile) if kafka.ssl_keyfile else None
-            )
-    if kafka.security_protocol.startswith("SASL"):
-        if not (kafka.sasl_username and kafka.sasl_password and kafka.sasl_mechanism):
-            raise ValueError(
-                "SASL needs LORASWARM_KAFKA__SASL_MECHANISM, __SASL_USERNAME and __SASL_PASSWORD"
-            )
-        cls = {"PLAIN": SASLPlaintext, "SCRAM-SHA-256": SASLScram256, "SCRAM-SHA-512": SASLScram512}[
-            kafka.sasl_mechanism
-        ]
-        return cls(  # type: ignore[no-any-return]
-            kafka.sasl_username,
-            kafka.sasl_password.get_secret_value(),
-            use_ssl=use_ssl,
-            ssl_context=context,
-        )
-    if use_ssl:
-        return BaseSecurity(ssl_context=context, use_ssl=True)  # type: ignore[no-any-return]
-    return None
-
-
-def make_broker(settings: Settings, *, service: str) -> KafkaBroker:
-    """A FastStream Kafka broker for `service`, configured from `settings.kafka`."""
-    kafka = settings.kafka
-    return KafkaBroker(
-        kafka.bootstrap_servers.split(","),
-        client_id=f"{kafka.client_id}-{service}",
-        security=kafka_security(kafka),
-        acks="all",
-        max_request_size=_MAX_REQUEST_BYTES,
-        # Batches fill up while a request is in flight; a lone event does not wait.
-        max_batch_size=256 * 1024,
-        logger=None,
-    )
-
-
-class _InProcessKafka:
-    """The embedded default's broker: one in-memory Kafka per topic prefix, for the whole process.
-
-    Every EventBus of a process (the gateway, the planner, the specialists ... of `serve all`)
-    shares it, so an event one service publishes reaches the others' handlers. It is FastStream's
-    in-memory Kafka (`TestKafkaBroker`), entered when the first bus starts and left when the last
-    one stops; a bus that starts later has its new subscribers started too.
-    """
-
-    def __init__(self) -> None:
-        self._brokers: dict[str, KafkaBroker] = {}
-        self._users: dict[str, int] = {}
-        self._contexts: dict[str, TestKafkaBroker] = {}
-        # Like Kafka, a publish returns at once and delivery happens elsewhere: one queue and one
-        # worker per (topic, partition), the partition chosen from the key as Kafka does, so a
-        # tenant's events keep their order while tenants and topics proceed side by side.
-        self._queues: dict[
-            tuple[str, str, int], asyncio.Queue[tuple[bytes, bytes | None, dict[str, str]]]
-        ] = {}
-        self._workers: dict[tuple[str, str, int], asyncio.Task[None]] = {}
-        self._partitioner = DefaultPartitioner()
-
-    def enqueue(
-        self, settings: Settings, topic: str, value: bytes, key: bytes | None, headers: dict[str, str]
-    ) -> None:
-        prefix = settings.kafka.topic_prefix
-        if prefix not in self._contexts:
-            raise RuntimeError("the in-process broker is not running: start an EventBus first")
-        partitions = list(range(settings.kafka.partitions))
-        partition = 0 if key is None else int(self._partitioner(key, partitions, partitions))
-        slot = (prefix, topic, partition)
-        if slot not in self._queues:
-            self._queues[slot] = asyncio.Queue()
-            self._workers[slot] = asyncio.create_task(self._deliver(prefix, topic, self._queues[slot]))
-        self._queues[slot].put_nowait((value, key, headers))
-
-    async def _deliver(
-        self, prefix: str, topic: str, queue: asyncio.Queue[tuple[bytes, bytes | None, dict[str, str]]]
-    ) -> None:
-        while True:
-            value, key, headers = await queue.get()
-            try:
-                await self._brokers[prefix].publish(value, topic=topic, key=key, headers=headers)
-            except Exception:  # the consumer policy handles handler errors; this is a last resort
-                log.exception("in-process delivery to %s failed", topic)
-            finally:
-                queue.task_done()
-
-    async def drain(self, settings: Settings) -> None:
-        """Wait until every queued event of this prefix was delivered (tests, shutdown)."""
-        prefix = settings.kafka.topic_prefix
-        while True:
-            queues = [q for (p, _, _), q in self._queues.items() if p == prefix and _unfinished(q)]
-            if not queues:
-                return
-            await asyncio.gather(*(q.join() for q in queues))
-
-    def broker(self, settings: Settings) -> KafkaBroker:
-        key = settings.kafka.topic_prefix
-        if key not in self._brokers:
-            self._brokers[key] = make_broker(settings, service="embedded")
-        return self._brokers[key]
-
-    async def join(self, settings: Settings) -> None:
-        key = settings.kafka.topic_prefix
-        broker = self.broker(settings)
-        self._users[key] = self._users.get(key, 0) + 1
-        if key not in self._contexts:
-            context = TestKafkaBroker(broker)
-            await context.__aenter__()
-            self._contexts[key] = context
-        else:
-            await broker.start()  # patched while in memory: starts the subscribers added since
-
-    async def leave(self, settings: Settings) -> None:
-        key = settings.kafka.topic_prefix
-        self._users[key] -= 1
-        if self._users[key] == 0:
-            del self._users[key]
-            for slot in [slot for slot in self._workers if slot[0] == key]:
-                self._workers.pop(slot).cancel()
-                self._queues.pop(slot)
-            context = self._contexts.pop(key)
-            self._brokers.pop(key, None)
-            await context.__aexit__(None, None, None)
-
-
-def _unfinished(queue: asyncio.Queue[Any]) -> bool:
-    # asyncio.Queue counts puts not yet marked done, but exposes the count only privately.
-    return bool(getattr(queue, "_unfinished_tasks", 0))
-
-
-_IN_PROCESS = _InProcessKafka()
 
 
 class EventBus:
@@ -195,7 +51,7 @@ class EventBus:
         self.policies: list[ConsumerPolicy[Any]] = []
         self._lanes: list[Lanes] = []
         self.broker = (
-            _IN_PROCESS.broker(settings)
+            IN_PROCESS.broker(settings)
             if settings.broker == "memory"
             else make_broker(settings, service=service)
         )
@@ -364,7 +220,7 @@ class EventBus:
 
     async def _send(self, value: bytes, topic: str, key: bytes | None, headers: dict[str, str]) -> None:
         if self.settings.broker == "memory":
-            _IN_PROCESS.enqueue(self.settings, topic, value, key, headers)
+            IN_PROCESS.enqueue(self.settings, topic, value, key, headers)
         else:
             await self.broker.publish(value, topic=topic, key=key, headers=headers)
 
@@ -374,8 +230,8 @@ class EventBus:
         self._stack = AsyncExitStack()
         self._stopping = False
         if self.settings.broker == "memory":
-            await _IN_PROCESS.join(self.settings)
-            self._stack.push_async_callback(_IN_PROCESS.leave, self.settings)
+            await IN_PROCESS.join(self.settings)
+            self._stack.push_async_callback(IN_PROCESS.leave, self.settings)
             self._stack.push_async_callback(self._finish_handlers)  # runs first (LIFO)
             return
         await ensure_topics(self.settings.kafka)
@@ -429,57 +285,3 @@ class EventBus:
         self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
     ) -> None:
         await self.stop()
-
-
-async def ensure_topics(
-    kafka: KafkaSettings, topics: tuple[str, ...] = ALL_TOPICS, *, config: dict[str, str] | None = None
-) -> None:
-    """Create the project's topics that do not exist yet, with the configured layout."""
-    from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-    from aiokafka.errors import TopicAlreadyExistsError
-
-    params = _aiokafka_security(kafka)
-    admin = AIOKafkaAdminClient(
-        bootstrap_servers=kafka.bootstrap_servers, client_id=f"{kafka.client_id}-admin", **params
-    )
-    await admin.start()
-    try:
-        existing = set(await admin.list_topics())
-        wanted = [prefixed(t, kafka.topic_prefix) for t in topics]
-        new = [
-            NewTopic(
-                name,
-                num_partitions=kafka.partitions,
-                replication_factor=kafka.replication_factor,
-                topic_configs={"max.message.bytes": str(_MAX_REQUEST_BYTES), **(config or {})},
-            )
-            for name in wanted
-            if name not in existing
-        ]
-        if new:
-            # Another service may create them at the same moment.
-            with contextlib.suppress(TopicAlreadyExistsError):
-                await admin.create_topics(new)
-    finally:
-        await admin.close()
-
-
-async def delete_topics(kafka: KafkaSettings, prefix: str) -> list[str]:
-    """Delete every topic whose name starts with `prefix` (test and benchmark clean-up)."""
-    from aiokafka.admin import AIOKafkaAdminClient
-
-    admin = AIOKafkaAdminClient(bootstrap_servers=kafka.bootstrap_servers, **_aiokafka_security(kafka))
-    await admin.start()
-    try:
-        doomed = [t for t in await admin.list_topics() if t.startswith(prefix)]
-        if doomed:
-            await admin.delete_topics(doomed)
-        return doomed
-    finally:
-        await admin.close()
-
-
-def _aiokafka_security(kafka: KafkaSettings) -> dict[str, Any]:
-    from faststream.kafka.security import parse_security
-
-    return parse_security(kafka_security(kafka))  # type: ignore[no-any-return]

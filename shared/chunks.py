@@ -85,3 +85,51 @@ class ChunkRecord:
 class Hit:
     chunk: ChunkRecord
     score: float
+
+
+# ---------------------------------------------------------------- in Weaviate
+
+# Properties returned with every read (the vector is not: callers never need it back).
+RETURNED_PROPERTIES = [
+    "text",
+    "doc_id",
+    "parent_id",
+    "source",
+    "title",
+    "heading",
+    "visibility",
+    "position",
+    "version",
+    "media_type",
+    "metadata",
+]
+
+
+def weaviate_properties() -> list[Any]:
+    """The chunk collection's properties (the vector store creates the collection with them)."""
+    from weaviate.classes.config import DataType, Property, Tokenization
+
+    def keyword(name: str) -> Any:
+        # Whole-value matching for filters; not part of BM25.
+        return Property(
+            name=name,
+            data_type=DataType.TEXT,
+            tokenization=Tokenization.FIELD,
+            index_searchable=False,
+            index_filterable=True,
+        )
+
+    return [
+        Property(name="text", data_type=DataType.TEXT, tokenization=Tokenization.WORD),
+        Property(name="title", data_type=DataType.TEXT, tokenization=Tokenization.WORD),
+        Property(name="heading", data_type=DataType.TEXT, index_searchable=False, index_filterable=False),
+        keyword("doc_id"),
+        keyword("parent_id"),
+        keyword("source"),
+        keyword("visibility"),
+        keyword("version"),
+        keyword("media_type"),
+        Property(name="position", data_type=DataType.INT),
+        Property(name="metadata", data_type=DataType.TEXT, index_searchable=False, index_filterable=False),
+        Property(name="indexed_at", data_type=DataType.DATE),
+    ]

@@ -171,9 +171,9 @@ class ConsumerLagMonitor:
         from aiokafka import AIOKafkaConsumer
         from aiokafka.admin import AIOKafkaAdminClient
 
-        from loraswarm.shared.bus import _aiokafka_security  # the bus owns the security mapping
+        from loraswarm.shared.kafka_client import aiokafka_security
 
-        security = _aiokafka_security(self.kafka)
+        security = aiokafka_security(self.kafka)
         admin = AIOKafkaAdminClient(bootstrap_servers=self.kafka.bootstrap_servers, **security)
         consumer = AIOKafkaConsumer(bootstrap_servers=self.kafka.bootstrap_servers, **security)
         await admin.start()

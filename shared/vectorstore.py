@@ -21,102 +21,27 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any, Literal
 
-from loraswarm.shared.chunks import COMPANY, ChunkRecord, Hit, chunk_uuid, user_visibility
+from loraswarm.shared.chunks import (
+    COMPANY,
+    RETURNED_PROPERTIES,
+    ChunkRecord,
+    Hit,
+    chunk_uuid,
+    user_visibility,
+    weaviate_properties,
+)
 from loraswarm.shared.settings import Settings
 from loraswarm.shared.weaviate_connection import (
     VectorStoreError,
     VectorStoreUnavailable,
     WriteFailed,
     connect,
+    db_span,
+    tenant_missing,
+    weaviate_errors,
 )
 
-# Properties returned with every read (the vector is not: callers never need it back).
-_RETURNED = [
-    "text",
-    "doc_id",
-    "parent_id",
-    "source",
-    "title",
-    "heading",
-    "visibility",
-    "position",
-    "version",
-    "media_type",
-    "metadata",
-]
-
-
 # ---------------------------------------------------------------- the collection
-
-
-def _properties() -> list[Any]:
-    from weaviate.classes.config import DataType, Property, Tokenization
-
-    def keyword(name: str) -> Any:
-        # Whole-value matching for filters; not part of BM25.
-        return Property(
-            name=name,
-            data_type=DataType.TEXT,
-            tokenization=Tokenization.FIELD,
-            index_searchable=False,
-            index_filterable=True,
-        )
-
-    return [
-        Property(name="text", data_type=DataType.TEXT, tokenization=Tokenization.WORD),
-        Property(name="title", data_type=DataType.TEXT, tokenization=Tokenization.WORD),
-        Property(name="heading", data_type=DataType.TEXT, index_searchable=False, index_filterable=False),
-        keyword("doc_id"),
-        keyword("parent_id"),
-        keyword("source"),
-        keyword("visibility"),
-        keyword("version"),
-        keyword("media_type"),
-        Property(name="position", data_type=DataType.INT),
-        Property(name="metadata", data_type=DataType.TEXT, index_searchable=False, index_filterable=False),
-        Property(name="indexed_at", data_type=DataType.DATE),
-    ]
-
-
-@contextmanager
-def _db_span(operation: str, collection: str, tenant_id: str, **attributes: Any) -> Iterator[Any]:
-    """A CLIENT span per Weaviate call, per the OpenTelemetry database conventions."""
-    from opentelemetry.trace import SpanKind
-
-    from loraswarm.shared.tracing import tracer
-
-    attrs = {
-        "db.system.name": "weaviate",
-        "db.operation.name": operation,
-        "db.collection.name": collection,
-        "db.namespace": tenant_id,  # the Weaviate tenant: one company's shard
-        **attributes,
-    }
-    with tracer().start_as_current_span(
-        f"{operation} {collection}", kind=SpanKind.CLIENT, attributes=attrs
-    ) as span:
-        yield span
-
-
-def _tenant_missing(exc: BaseException) -> bool:
-    return "tenant not found" in str(exc)
-
-
-@contextmanager
-def _weaviate_errors(what: str) -> Iterator[None]:
-    """Weaviate's exceptions as this module's: unreachable vs. refused."""
-    from weaviate.exceptions import WeaviateBaseError, WeaviateClosedClientError, WeaviateConnectionError
-
-    try:
-        yield
-    except VectorStoreError:
-        raise
-    except (WeaviateConnectionError, WeaviateClosedClientError) as exc:
-        raise VectorStoreUnavailable(f"Weaviate unreachable while {what}: {exc}") from exc
-    except WeaviateBaseError as exc:
-        if "StatusCode.UNAVAILABLE" in str(exc) or "Connection refused" in str(exc):
-            raise VectorStoreUnavailable(f"Weaviate unreachable while {what}: {exc}") from exc
-        raise VectorStoreError(f"Weaviate failed {what}: {exc}") from exc
 
 
 class _NoShard(Exception):
@@ -136,7 +61,7 @@ class VectorStore:
         self.owns_client = owns_client
         self._tenants: set[str] = set()  # shards this store created or wrote to
         self._lock = threading.Lock()
-        with _weaviate_errors(f"opening collection {collection}"):
+        with weaviate_errors(f"opening collection {collection}"):
             self.ensure_collection()
             self.collection = client.collections.use(collection)
 
@@ -174,18 +99,18 @@ class VectorStore:
                 description="loraswarm: chunks of every company's documents, one tenant (shard) each.",
                 multi_tenancy_config=Configure.multi_tenancy(enabled=True, auto_tenant_creation=False),
                 vector_config=Configure.Vectors.self_provided(),
-                properties=_properties(),
+                properties=weaviate_properties(),
             )
         except UnexpectedStatusCodeError as exc:
             if "already exists" not in str(exc):  # another service created it a moment ago
                 raise
 
     def tenants(self) -> list[str]:
-        with _weaviate_errors("listing tenants"):
+        with weaviate_errors("listing tenants"):
             return sorted(self.collection.tenants.get())
 
     def has_tenant(self, tenant_id: str) -> bool:
-        with _weaviate_errors(f"looking up tenant {tenant_id}"):
+        with weaviate_errors(f"looking up tenant {tenant_id}"):
             return self.collection.tenants.get_by_name(tenant_id) is not None
 
     def ensure_tenant(self, tenant_id: str) -> None:
@@ -195,7 +120,7 @@ class VectorStore:
         with self._lock:
             if tenant_id in self._tenants:
                 return
-            with _weaviate_errors(f"creating tenant {tenant_id}"):
+            with weaviate_errors(f"creating tenant {tenant_id}"):
                 if self.collection.tenants.get_by_name(tenant_id) is None:
                     try:
                         self.collection.tenants.create([Tenant(name=tenant_id)])
@@ -206,7 +131,7 @@ class VectorStore:
 
     def delete_tenant(self, tenant_id: str) -> bool:
         """Remove the tenant's shard and everything in it. False when there was none."""
-        with self._lock, _weaviate_errors(f"deleting tenant {tenant_id}"):
+        with self._lock, weaviate_errors(f"deleting tenant {tenant_id}"):
             self._tenants.discard(tenant_id)
             if self.collection.tenants.get_by_name(tenant_id) is None:
                 return False
@@ -222,18 +147,18 @@ class VectorStore:
         `_NoShard`, other failures `VectorStoreError`."""
         from weaviate.exceptions import WeaviateBaseError
 
-        span = _db_span(operation, self.name, tenant_id) if operation else contextlib.nullcontext()
+        span = db_span(operation, self.name, tenant_id) if operation else contextlib.nullcontext()
         try:
-            with span, _weaviate_errors(f"{what} in {tenant_id}"):
+            with span, weaviate_errors(f"{what} in {tenant_id}"):
                 try:
                     yield
                 except WeaviateBaseError as exc:
-                    if _tenant_missing(exc):
+                    if tenant_missing(exc):
                         self._tenants.discard(tenant_id)
                         raise _NoShard(tenant_id) from exc
                     raise
         except VectorStoreError as exc:
-            if _tenant_missing(exc):
+            if tenant_missing(exc):
                 self._tenants.discard(tenant_id)
                 raise _NoShard(tenant_id) from exc
             raise
@@ -260,7 +185,7 @@ class VectorStore:
             try:
                 with self._reading(tenant_id, "writing chunks", "insert_many"):
                     result = self._shard(tenant_id).data.insert_many(objects)
-                    if result.errors and all(_tenant_missing(e.message) for e in result.errors.values()):
+                    if result.errors and all(tenant_missing(e.message) for e in result.errors.values()):
                         raise _NoShard(tenant_id)
             except _NoShard:
                 if attempt == 2:
@@ -415,7 +340,7 @@ class VectorStore:
                     limit=k,
                     filters=where,
                     query_properties=["text", "title"],
-                    return_properties=_RETURNED,
+                    return_properties=RETURNED_PROPERTIES,
                     return_metadata=MetadataQuery(score=True),
                 )
         except _NoShard:
@@ -438,7 +363,7 @@ class VectorStore:
             # Untraced: a current span must not stay open across the yields below.
             with self._reading(tenant_id, "reading chunks", None):
                 # The cursor API takes no filters; one shard streams fast, so filter here.
-                for obj in self._shard(tenant_id).iterator(return_properties=_RETURNED):
+                for obj in self._shard(tenant_id).iterator(return_properties=RETURNED_PROPERTIES):
                     chunk = ChunkRecord.from_properties(obj.properties)
                     if chunk.visibility == scope and (not wanted or chunk.source in wanted):
                         yield chunk

@@ -3,7 +3,8 @@
 `connect(settings)` opens a client for a server (the local one, or production with API key and
 HTTPS/TLS gRPC) or, with `mode = "embedded"`, the locally built binary (`InfraSettings.weaviate_binary`,
 the same path `loraswarm infra up weaviate` builds to) started from this process
-(`start_embedded`). The store's errors live here because connecting is where they begin.
+(`start_embedded`). The store's errors live here because connecting is where they begin, with
+the wrapper every Weaviate call goes through (`weaviate_errors`) and its span (`db_span`).
 
 Errors, by level::
 
@@ -18,6 +19,8 @@ import atexit
 import hashlib
 import os
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -167,3 +170,47 @@ def stop_embedded() -> None:
 
 
 atexit.register(stop_embedded)
+
+
+# ---------------------------------------------------------------- every call to Weaviate
+
+
+@contextmanager
+def db_span(operation: str, collection: str, tenant_id: str, **attributes: Any) -> Iterator[Any]:
+    """A CLIENT span per Weaviate call, per the OpenTelemetry database conventions."""
+    from opentelemetry.trace import SpanKind
+
+    from loraswarm.shared.tracing import tracer
+
+    attrs = {
+        "db.system.name": "weaviate",
+        "db.operation.name": operation,
+        "db.collection.name": collection,
+        "db.namespace": tenant_id,  # the Weaviate tenant: one company's shard
+        **attributes,
+    }
+    with tracer().start_as_current_span(
+        f"{operation} {collection}", kind=SpanKind.CLIENT, attributes=attrs
+    ) as span:
+        yield span
+
+
+def tenant_missing(exc: BaseException) -> bool:
+    return "tenant not found" in str(exc)
+
+
+@contextmanager
+def weaviate_errors(what: str) -> Iterator[None]:
+    """Weaviate's exceptions as the store's: unreachable vs. refused."""
+    from weaviate.exceptions import WeaviateBaseError, WeaviateClosedClientError, WeaviateConnectionError
+
+    try:
+        yield
+    except VectorStoreError:
+        raise
+    except (WeaviateConnectionError, WeaviateClosedClientError) as exc:
+        raise VectorStoreUnavailable(f"Weaviate unreachable while {what}: {exc}") from exc
+    except WeaviateBaseError as exc:
+        if "StatusCode.UNAVAILABLE" in str(exc) or "Connection refused" in str(exc):
+            raise VectorStoreUnavailable(f"Weaviate unreachable while {what}: {exc}") from exc
+        raise VectorStoreError(f"Weaviate failed {what}: {exc}") from exc

@@ -22,7 +22,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 
 from loraswarm.infra import jaeger as local_jaeger
 from loraswarm.infra import kafka as local_kafka
-from loraswarm.shared.bus import delete_topics
+from loraswarm.shared.kafka_client import delete_topics
 from loraswarm.shared.settings import Settings
 
 # These machines are noisy: no per-example deadline, no "too slow" health check.

@@ -22,8 +22,9 @@ from pathlib import Path
 
 from loraswarm.bench.machine import describe
 from loraswarm.bench.report import percentile, write_section
-from loraswarm.shared.bus import EventBus, delete_topics, ensure_topics
+from loraswarm.shared.bus import EventBus
 from loraswarm.shared.events import RetrievalRequested
+from loraswarm.shared.kafka_client import delete_topics, ensure_topics
 from loraswarm.shared.settings import Settings
 
 SendFn = Callable[[str], Awaitable[None]]

@@ -26,7 +26,7 @@ from fastapi import FastAPI
 from loraswarm.bench.machine import describe
 from loraswarm.bench.report import percentile, write_section
 from loraswarm.services.planner.app import running
-from loraswarm.shared.bus import EventBus, delete_topics
+from loraswarm.shared.bus import EventBus
 from loraswarm.shared.events import (
     Citation,
     Passage,
@@ -38,6 +38,7 @@ from loraswarm.shared.events import (
     SpecialistResult,
     SpecialistTask,
 )
+from loraswarm.shared.kafka_client import delete_topics
 from loraswarm.shared.ports import free_port
 from loraswarm.shared.settings import Settings
 

@@ -29,9 +29,9 @@ from pathlib import Path
 from loraswarm.bench.machine import describe
 from loraswarm.bench.report import write_section
 from loraswarm.services.planner.state import STATE_TOPIC, KafkaStateStore, PlannerState
-from loraswarm.shared.bus import _aiokafka_security, delete_topics
 from loraswarm.shared.envelope import utc_now
 from loraswarm.shared.events import Citation, Passage, RecommendationRequested
+from loraswarm.shared.kafka_client import aiokafka_security, delete_topics
 from loraswarm.shared.settings import Settings
 from loraswarm.shared.topics import prefixed
 
@@ -82,7 +82,7 @@ async def _fill(settings: Settings, n: int, *, tombstone: bool) -> None:
         acks="all",
         linger_ms=20,
         max_batch_size=512 * 1024,
-        **_aiokafka_security(settings.kafka),
+        **aiokafka_security(settings.kafka),
     )
     await producer.start()
     try:

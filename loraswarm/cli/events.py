@@ -78,7 +78,7 @@ async def _tail(
 ) -> None:
     from aiokafka import AIOKafkaConsumer
 
-    from loraswarm.shared.bus import _aiokafka_security
+    from loraswarm.shared.kafka_client import aiokafka_security
 
     kafka = settings.kafka
     consumer = AIOKafkaConsumer(
@@ -88,7 +88,7 @@ async def _tail(
         group_id=None,  # a reader, not a member: it moves nobody's offsets
         auto_offset_reset="earliest" if from_beginning else "latest",
         enable_auto_commit=False,
-        **_aiokafka_security(kafka),
+        **aiokafka_security(kafka),
     )
     await consumer.start()
     seen = 0

@@ -45,12 +45,12 @@ async def _planner_members(settings: Settings) -> int:
     """Live members of the planner's consumer group (0: nobody consumes requests)."""
     from aiokafka.admin import AIOKafkaAdminClient
 
-    from loraswarm.shared.bus import _aiokafka_security  # the bus owns the security mapping
+    from loraswarm.shared.kafka_client import aiokafka_security
 
     admin = AIOKafkaAdminClient(
         bootstrap_servers=settings.kafka.bootstrap_servers,
         request_timeout_ms=int(CHECK_TIMEOUT_S * 1000),
-        **_aiokafka_security(settings.kafka),
+        **aiokafka_security(settings.kafka),
     )
     await admin.start()
     try:

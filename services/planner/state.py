@@ -189,11 +189,11 @@ class KafkaStateStore:
     async def start(self) -> None:
         from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
-        from loraswarm.shared.bus import _aiokafka_security, ensure_topics
+        from loraswarm.shared.kafka_client import aiokafka_security, ensure_topics
 
         kafka = self.settings.kafka
         await ensure_topics(kafka, (STATE_TOPIC,), config=self._topic_config)
-        security = _aiokafka_security(kafka)
+        security = aiokafka_security(kafka)
         self._producer = AIOKafkaProducer(bootstrap_servers=kafka.bootstrap_servers, acks="all", **security)
         self._consumer = AIOKafkaConsumer(
             bootstrap_servers=kafka.bootstrap_servers,

@@ -42,7 +42,7 @@ def test_every_setting_has_a_description() -> None:
 
 
 def test_sasl_without_credentials_is_refused() -> None:
-    from loraswarm.shared.bus import kafka_security
+    from loraswarm.shared.kafka_client import kafka_security
 
     settings = Settings()
     settings.kafka.security_protocol = "SASL_PLAINTEXT"

@@ -21,7 +21,8 @@ async def _ask(
 ) -> RecommendationCompleted | RecommendationFailed | None:
     from aiokafka import AIOKafkaConsumer
 
-    from loraswarm.shared.bus import EventBus, _aiokafka_security
+    from loraswarm.shared.bus import EventBus
+    from loraswarm.shared.kafka_client import aiokafka_security
 
     kafka = settings.kafka
     topics = [prefixed(t, kafka.topic_prefix) for t in ("recommendation.completed", "recommendation.failed")]
@@ -31,7 +32,7 @@ async def _ask(
         bootstrap_servers=kafka.bootstrap_servers,
         group_id=None,
         auto_offset_reset="latest",
-        **_aiokafka_security(kafka),
+        **aiokafka_security(kafka),
     )
     await reader.start()
     try:
