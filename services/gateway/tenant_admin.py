@@ -199,9 +199,9 @@ def _remove_tree(folder: Path) -> bool:
     return True
 
 
-def delete(settings: Settings, tenant_id: str, *, documents: bool = True) -> list[str]:
-    """Everything the tenant has: adapters, canaries, trainer files, document shard, keys and
-    configuration. Returns what was there to delete."""
+def delete_data(settings: Settings, tenant_id: str, *, documents: bool) -> list[str]:
+    """What the tenant trained and stored: adapters, canaries, trainer files and (with `documents`)
+    its document shard; its configuration and keys stay. Returns what was there to delete."""
     check_tenant_id(tenant_id)
     # The trainer's per-tenant data store (services/trainer/scope.py TenantFiles.under): a service
     # may not import another, so its folder is named here too.
@@ -212,9 +212,8 @@ def delete(settings: Settings, tenant_id: str, *, documents: bool = True) -> lis
         label
         for label, done in (
             ("adapters", AdapterStore.under(settings.data_dir).delete_tenant(tenant_id)),
-            ("trainer files", _remove_tree(trainer_files)),
             ("canaries", had_canaries),
-            ("API keys", remove_tenant(access_file(settings), tenant_id)),
+            ("trainer files", _remove_tree(trainer_files)),
         )
         if done
     ]
@@ -224,6 +223,15 @@ def delete(settings: Settings, tenant_id: str, *, documents: bool = True) -> lis
         with VectorStore.open(settings) as vectors:
             if vectors.delete_tenant(tenant_id):
                 removed.append("document shard")
+    return removed
+
+
+def delete(settings: Settings, tenant_id: str, *, documents: bool = True) -> list[str]:
+    """Everything the tenant has: `delete_data`'s, then its API keys and configuration. Returns
+    what was there to delete."""
+    removed = delete_data(settings, tenant_id, documents=documents)
+    if remove_tenant(access_file(settings), tenant_id):
+        removed.append("API keys")
     path = config_path(settings, tenant_id)
     if path.exists():
         path.unlink()

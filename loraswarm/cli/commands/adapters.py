@@ -289,16 +289,14 @@ def delete(
     yes: bool = typer.Option(False, "--yes", "-y", help="Do not ask for confirmation."),
 ) -> None:
     """Delete an adapter (all versions), or a whole tenant's adapters and data (its scopes' canaries too)."""
-    from loraswarm.services.trainer.scope import TenantFiles
+    from loraswarm.services.gateway.tenant_admin import TenantAdminError, delete_data
     from loraswarm.shared.adapter_store import AdapterError, AdapterStore, parse_adapter_id
-    from loraswarm.shared.canaries import CanaryStore
 
     if (adapter_id is None) == (tenant is None):
         console.print("[red]name an adapter or --tenant, not both[/red]")
         raise typer.Exit(2)
     settings = Settings()
     store = AdapterStore.under(settings.data_dir)
-    canaries = CanaryStore.under(settings.data_dir)
     what = (
         f"adapter {adapter_id}" if adapter_id else f"tenant {tenant}'s adapters, canaries and trainer files"
     )
@@ -316,23 +314,15 @@ def delete(
         console.print(f"deleted {ref.tenant_id}/{ref.name}")
         return
     assert tenant is not None
-    had_canaries = bool(canaries.of_tenant(tenant))  # kept in the trainer files, deleted with them
-    removed = [
-        label
-        for label, done in (
-            ("adapters", store.delete_tenant(tenant)),
-            ("canaries", had_canaries),
-            ("trainer files", TenantFiles.under(settings.data_dir).delete_tenant(tenant)),
-        )
-        if done
-    ]
-    if documents:
-        from loraswarm.shared.vectorstore import VectorStore
-
-        with VectorStore.open(settings) as vectors:
-            if vectors.delete_tenant(tenant):
-                removed.append("document shard")
+    try:
+        removed = delete_data(settings, tenant, documents=documents)
+    except TenantAdminError as exc:
+        console.print(f"[red]{exc}[/red]")
+        raise typer.Exit(1) from exc
     console.print(f"tenant {tenant}: deleted {', '.join(removed) or 'nothing (there was nothing)'}")
+    console.print(
+        f"(its configuration and API keys stay: `loraswarm tenants delete {tenant}` removes everything)"
+    )
 
 
 def bench_training(
