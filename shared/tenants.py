@@ -88,6 +88,13 @@ class TenantConfig(_Config):
         default_factory=list,
         description="Used when the primary LLM gives no valid plan; default: all specialists.",
     )
+    planning: Literal["auto", "llm"] = Field(
+        default="auto",
+        description="`auto`: when every specialist fits in `limits.max_specialists`, all of them answer "
+        "and the primary LLM is not asked to choose (its call is most of a small tenant's planning "
+        "time, and the composer answers each part of the question from all answers). `llm`: the "
+        "primary LLM always chooses.",
+    )
     secrets: list[DeclaredSecret] = Field(
         default_factory=list,
         description="Strings the planner's output guardrail withholds answers for (besides every "

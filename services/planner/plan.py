@@ -1,8 +1,9 @@
 """Asking the primary LLM for a plan: which specialists answer.
 
-A tenant with one specialist needs no plan: it answers, without an LLM call. Otherwise the plan
-comes back as structured output (OpenAI-strict, built from `Plan`, with the tenant's specialist
-names as an enum). An invalid plan, or one naming unknown specialists, is asked for
+A tenant whose specialists all fit its plan (`limits.max_specialists`; one specialist, always)
+needs no choice: they all answer, without an LLM call, unless the tenant sets `planning: llm`.
+Otherwise the plan comes back as structured output (OpenAI-strict, built from `Plan`, with the
+tenant's specialist names as an enum). An invalid plan, or one naming unknown specialists, is asked for
 once more with the error shown to the model; after that the tenant's default plan is used and
 the completed event says so.
 """
@@ -87,10 +88,11 @@ async def make_plan(
     max_tokens: int,
     timeout_s: float,
 ) -> PlanOutcome:
-    if len(tenant.specialists) == 1:
-        # One specialist: nothing to choose, and its question is the user's. No LLM call.
-        only = tenant.specialists[0]
-        return PlanOutcome([PlannedTask(only.name, question)], TokenUsage())
+    if len(tenant.specialists) == 1 or (
+        tenant.planning == "auto" and len(tenant.specialists) <= tenant.limits.max_specialists
+    ):
+        # Nothing to choose: every specialist fits the plan, each asked the user's question. No LLM call.
+        return PlanOutcome([PlannedTask(s.name, question) for s in tenant.specialists], TokenUsage())
     messages = planning_messages(tenant, question, passages)
     schema = plan_schema(tenant)
     usage = TokenUsage()

@@ -28,6 +28,7 @@ ACME: dict[str, Any] = {
         },
     ],
     "default_plan": [{"specialist": "policy"}],
+    "planning": "llm",  # the tests script the primary LLM's plan
 }
 
 

@@ -1,4 +1,5 @@
-"""The smallest plan: one specialist needs no LLM call; otherwise names only, each asked the question."""
+"""The smallest plan: no LLM call when every specialist fits (one, always); otherwise names only,
+each asked the question."""
 
 from __future__ import annotations
 
@@ -25,6 +26,25 @@ async def test_a_tenant_with_one_specialist_is_planned_without_the_llm() -> None
     assert script.requests == []  # no LLM call at all
     assert [(t.specialist, t.question) for t in outcome.tasks] == [("policy", QUESTION)]
     assert outcome.usage.input_tokens == 0 and not outcome.used_default
+
+
+async def test_with_planning_auto_specialists_that_all_fit_answer_without_the_llm() -> None:
+    auto = TenantConfig.model_validate({**ACME, "planning": "auto"})  # 2 specialists, max 2
+    crowded = TenantConfig.model_validate({**ACME, "planning": "auto", "limits": {"max_specialists": 1}})
+    script = Script([json.dumps({"specialists": ["support"]})])
+    with serve(script) as url:
+        llm = PrimaryLLM(OrchestrationSettings(primary_llm_base_url=url))
+        outcome = await make_plan(llm, auto, QUESTION, [], max_tokens=32, timeout_s=2.0)
+        assert script.requests == []  # nothing to choose: no LLM call
+        chosen = await make_plan(llm, crowded, QUESTION, [], max_tokens=32, timeout_s=2.0)
+        await llm.aclose()
+    assert [(t.specialist, t.question) for t in outcome.tasks] == [
+        ("policy", QUESTION),
+        ("support", QUESTION),
+    ]
+    assert outcome.usage.input_tokens == 0 and not outcome.used_default
+    assert len(script.requests) == 1 and [t.specialist for t in chosen.tasks] == ["support"]
+    assert TenantConfig.model_validate({k: v for k, v in ACME.items() if k != "planning"}).planning == "auto"
 
 
 async def test_a_plan_is_a_few_names_and_every_specialist_gets_the_question() -> None:
