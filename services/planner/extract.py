@@ -237,6 +237,10 @@ async def phrase(
     llm_ms = 0.0
     notes: list[str] = []
     schema: dict[str, Any] = phrased_schema()
+    # A phrasing says what the extract says, in about as many words: the budget is the extract's
+    # length (about 3 characters a token) plus room for the JSON and some rewording, so a model
+    # that rambles is cut off early instead of decoding `compose_max_tokens` tokens to be refused.
+    max_tokens = min(max_tokens, len(extracted) // 3 + PHRASE_SLACK_TOKENS)
     for attempt in (0, 1):
         try:
             completion = await llm.complete_json(
@@ -268,6 +272,8 @@ async def phrase(
             break  # only an echo is worth another prompt; the rest is the model's limit
     return Phrasing(extracted, usage, llm_ms, notes)
 
+
+PHRASE_SLACK_TOKENS = 32
 
 # Six tokens: a sentence said twice is blocked at the model, while a phrase such as "at Northwind
 # Freight" may still come back in the second part of an answer.

@@ -10,7 +10,13 @@ import json
 import uuid
 from datetime import timedelta
 
-from loraswarm.services.planner.extract import UNSUPPORTED_NOTE, compose_extractive, extract, passage_units
+from loraswarm.services.planner.extract import (
+    PHRASE_SLACK_TOKENS,
+    UNSUPPORTED_NOTE,
+    compose_extractive,
+    extract,
+    passage_units,
+)
 from loraswarm.services.planner.llm import PrimaryLLM
 from loraswarm.services.planner.state import PlannerState, TaskState
 from loraswarm.shared import answer_checks as checks
@@ -122,6 +128,20 @@ async def test_a_good_phrasing_is_kept_and_cites_only_the_passages_that_support_
     rec = outcome.recommendations[0]
     assert rec.text == good
     assert sorted(c.doc_id for c in rec.citations) == ["claims", "warehouse"]  # never the canteen
+
+
+async def test_the_phrasing_budget_is_the_extracts_length_not_the_composers_limit() -> None:
+    s = state(QUESTION, [PALLET, CLAIMS], {})
+    good = "A single pallet may weigh at most 800 kg; Maria Lund handles large claims (over 5,000 euros)."
+    script = Script([phrased(good)])
+    with serve(script) as url:
+        client = llm(url)
+        outcome = await compose_extractive(client, s, max_tokens=400, timeout_s=2.0, phrase_it=True)
+        await client.aclose()
+    extracted = extract(s).text()
+    budget = script.requests[0]["max_tokens"]
+    assert budget == len(extracted) // 3 + PHRASE_SLACK_TOKENS < 400, (budget, extracted)
+    assert outcome.recommendations[0].text == good
 
 
 async def test_a_part_nothing_answers_is_marked_and_an_unsupported_answer_cites_nothing() -> None:
