@@ -140,9 +140,15 @@ def up(infra: InfraSettings) -> str:
 
 
 def _cluster_id() -> str:
+    """A random cluster id as Kafka writes them (URL-safe base64 of 16 bytes), never one that
+    starts with "-": the storage tool would read it as an option and refuse to format (one id in
+    64 did; Kafka's own `Uuid.randomUuid` draws again for the same reason)."""
     import base64
 
-    return base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+    while True:
+        cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        if not cluster_id.startswith("-"):
+            return cluster_id
 
 
 def _log4j(infra: InfraSettings) -> Path:

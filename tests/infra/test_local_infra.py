@@ -119,3 +119,14 @@ def test_status_of_everything(tmp_path: Path) -> None:
         "jaeger: stopped",
     ):
         assert name in result.stdout
+
+
+def test_a_cluster_id_never_starts_with_a_dash(monkeypatch: pytest.MonkeyPatch) -> None:
+    # uuid4 bytes whose base64 starts with "-" (0xf8...), then ordinary ones: the storage tool
+    # would read "-..." as an option, so the id is drawn again.
+    import uuid
+
+    draws = iter([uuid.UUID(bytes=b"\xf8" + bytes(15)), uuid.UUID(int=12345)])
+    monkeypatch.setattr(kafka.uuid, "uuid4", lambda: next(draws))
+    cluster_id = kafka._cluster_id()
+    assert not cluster_id.startswith("-") and len(cluster_id) == 22
