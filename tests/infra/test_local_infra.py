@@ -127,6 +127,6 @@ def test_a_cluster_id_never_starts_with_a_dash(monkeypatch: pytest.MonkeyPatch) 
     import uuid
 
     draws = iter([uuid.UUID(bytes=b"\xf8" + bytes(15)), uuid.UUID(int=12345)])
-    monkeypatch.setattr(kafka.uuid, "uuid4", lambda: next(draws))
+    monkeypatch.setattr(uuid, "uuid4", lambda: next(draws))
     cluster_id = kafka._cluster_id()
     assert not cluster_id.startswith("-") and len(cluster_id) == 22
