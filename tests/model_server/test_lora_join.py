@@ -60,7 +60,7 @@ def test_only_two_lora_adapters_of_one_base_model_join(served: Served, tmp_path:
         served.factory.base.__class__(served.factory.base.config),
         AdaptionPromptConfig(adapter_len=4, adapter_layers=2, task_type="CAUSAL_LM"),
     )
-    prompt.save_pretrained(tmp_path / "llama-adapter")
+    prompt.save_pretrained(str(tmp_path / "llama-adapter"))
     with pytest.raises(JoinError, match="only LoRA adapters join"):
         join(company, tmp_path / "llama-adapter", tmp_path / "out")
     other = tmp_path / "other-base"
