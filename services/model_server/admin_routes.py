@@ -38,23 +38,26 @@ class AdapterInfo(BaseModel):
     load_ms: float
 
 
+def require_admin(server: ModelServer, request: Request) -> None:
+    """The admin key's check (or, without one, the loopback rule) of every admin route."""
+    key = server.limits.admin_api_key
+    if key is None:
+        if _loopback(request):
+            return
+        raise Unauthorized(
+            "the admin routes need an admin key when reached over the network: set "
+            "LORASWARM_MODEL_SERVER__ADMIN_API_KEY and send `Authorization: Bearer <admin key>`"
+        )
+    scheme, _, token = request.headers.get("authorization", "").partition(" ")
+    if scheme.lower() != "bearer" or not hmac.compare_digest(token.encode(), key.get_secret_value().encode()):
+        raise Unauthorized("the admin routes need `Authorization: Bearer <admin key>`")
+
+
 def admin_router(server: ModelServer) -> APIRouter:
     router = APIRouter(prefix="/admin")
 
     def authorize(request: Request) -> None:
-        key = server.limits.admin_api_key
-        if key is None:
-            if _loopback(request):
-                return
-            raise Unauthorized(
-                "the admin routes need an admin key when reached over the network: set "
-                "LORASWARM_MODEL_SERVER__ADMIN_API_KEY and send `Authorization: Bearer <admin key>`"
-            )
-        scheme, _, token = request.headers.get("authorization", "").partition(" ")
-        if scheme.lower() != "bearer" or not hmac.compare_digest(
-            token.encode(), key.get_secret_value().encode()
-        ):
-            raise Unauthorized("the admin routes need `Authorization: Bearer <admin key>`")
+        require_admin(server, request)
 
     @router.post("/adapters")
     async def load(body: LoadAdapter, request: Request) -> AdapterInfo:

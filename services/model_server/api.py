@@ -13,6 +13,7 @@ from loraswarm.services.model_server.chat_routes import chat_router
 from loraswarm.services.model_server.errors import ServingError
 from loraswarm.services.model_server.server import ModelServer
 from loraswarm.services.model_server.tgi_routes import tgi_router
+from loraswarm.services.model_server.vllm_routes import vllm_router
 
 
 def create_app(server: ModelServer) -> FastAPI:
@@ -26,6 +27,7 @@ def create_app(server: ModelServer) -> FastAPI:
     app.include_router(tgi_router(server))
     app.include_router(chat_router(server))
     app.include_router(admin_router(server))
+    app.include_router(vllm_router(server))
 
     @app.exception_handler(ServingError)
     async def serving_error(_: Request, exc: ServingError) -> JSONResponse:

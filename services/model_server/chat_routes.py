@@ -31,7 +31,13 @@ from loraswarm.services.model_server.generation import (
     run_to_end,
     timing_headers,
 )
-from loraswarm.services.model_server.schemas import ChatRequest, GenerateParameters, Grammar, Token
+from loraswarm.services.model_server.schemas import (
+    ChatRequest,
+    GenerateParameters,
+    Grammar,
+    ResponseFormat,
+    Token,
+)
 from loraswarm.services.model_server.server import ModelServer
 
 BASE_MODEL_NAMES = frozenset({"", "tgi", "dummy"})
@@ -70,14 +76,14 @@ def chat_router(server: ModelServer) -> APIRouter:
         if body.stream:
 
             async def events() -> AsyncIterator[bytes]:
-                usage = None
+                totals = None
                 async with aclosing(run_streaming(server, admitted)) as tokens:
                     try:
                         async for item in tokens:
                             finish = None
                             if item.generated_text is not None and item.details is not None:
                                 finish = _FINISH[item.details.finish_reason]
-                                usage = _usage(item.details.input_length, item.details.generated_tokens)
+                                totals = usage(item.details.input_length, item.details.generated_tokens)
                             chunk = {
                                 "id": completion_id,
                                 "object": "chat.completion.chunk",
@@ -103,7 +109,7 @@ def chat_router(server: ModelServer) -> APIRouter:
                     except ServingError as exc:
                         yield _sse({"error": {"message": str(exc), "http_status_code": exc.status}})
                 if (
-                    usage is not None
+                    totals is not None
                     and body.stream_options is not None
                     and body.stream_options.include_usage
                 ):
@@ -115,7 +121,7 @@ def chat_router(server: ModelServer) -> APIRouter:
                             "model": shown_model,
                             "system_fingerprint": fingerprint,
                             "choices": [],
-                            "usage": usage,
+                            "usage": totals,
                         }
                     )
                 yield b"data: [DONE]\n\n"
@@ -151,7 +157,7 @@ def chat_router(server: ModelServer) -> APIRouter:
                     "finish_reason": _FINISH[end.finish_reason],
                 }
             ],
-            "usage": _usage(end.input_length, end.generated_tokens),
+            "usage": usage(end.input_length, end.generated_tokens),
         }
         return JSONResponse(payload, headers=timing_headers(server, admitted, end, len(prompt)))
 
@@ -190,12 +196,12 @@ def _parameters(body: ChatRequest, adapter_id: str | None) -> GenerateParameters
         stop=stop,
         details=True,
         top_n_tokens=body.top_logprobs if body.logprobs else None,
-        grammar=_grammar(body),
+        grammar=request_grammar(body.response_format),
     )
 
 
-def _grammar(body: ChatRequest) -> Grammar | None:
-    fmt = body.response_format
+def request_grammar(fmt: ResponseFormat | None) -> Grammar | None:
+    """The generate request's grammar for an OpenAI (or TGI) `response_format`."""
     if fmt is None or fmt.type == "text":
         return None
     if fmt.type == "json_schema":
@@ -205,7 +211,7 @@ def _grammar(body: ChatRequest) -> Grammar | None:
     return Grammar(type=fmt.type, value=fmt.value)
 
 
-def _usage(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:
+def usage(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:
     return {
         "prompt_tokens": prompt_tokens,
         "completion_tokens": completion_tokens,
