@@ -346,7 +346,11 @@ class Trainer:
         built = self.build_set(scope, chunks) if b.enabled and chunks else None
         if built is not None:
             made, too_long = built_units(built.examples, tokenizer, b.max_example_tokens)
-            units = mix_units(units, made, b.raw_text_share)
+            mixed = mix_units(units, made, b.raw_text_share)
+            # A small scope keeps all of its text: thinning it would refuse it as a tiny dataset.
+            if sum(x.learned_tokens for u in mixed for x in u.samples) < 2 * s.min_train_tokens:
+                mixed = mix_units(units, made, 1.0)
+            units = mixed
             job.metrics |= built.metrics() | {"dropped_too_long": float(too_long)}
         # The tenant's own examples keep priority over built ones: never dropped, and repeated.
         repeats = b.own_example_repeats if built is not None and built.examples else 1

@@ -28,13 +28,19 @@ def chunks_of(document: Document) -> list[CorpusChunk]:
     assert not failed, failed
     out = []
     for unit in parsed:
-        pieces = chunk_sections(embedding_tokenizer(), unit.sections, retrieval.chunk_tokens, retrieval.chunk_overlap)
+        pieces = chunk_sections(
+            embedding_tokenizer(), unit.sections, retrieval.chunk_tokens, retrieval.chunk_overlap
+        )
         out += [CorpusChunk(unit.doc_id, i, "v1", document.visibility, c.text) for i, c in enumerate(pieces)]
     return out
 
 
-def doc(doc_id: str, text: str, *, visibility: str = "company", media_type: str = "text/markdown") -> Document:
-    return Document(doc_id=doc_id, source="handbook", visibility=visibility, media_type=media_type, content=text)
+def doc(
+    doc_id: str, text: str, *, visibility: str = "company", media_type: str = "text/markdown"
+) -> Document:
+    return Document(
+        doc_id=doc_id, source="handbook", visibility=visibility, media_type=media_type, content=text
+    )
 
 
 POLICIES = """# Larkspur policies

@@ -33,9 +33,9 @@ from tests.trainer.builder_corpus import POLICIES, chunks_of, company_corpus, do
 
 
 def extractor_set(chunks: list[CorpusChunk], **options: Any) -> Any:
-    return TrainingSetBuilder([StructureExtractor()], BuildOptions(**options), ["Answer from the documents."]).build(
-        chunks
-    )
+    return TrainingSetBuilder(
+        [StructureExtractor()], BuildOptions(**options), ["Answer from the documents."]
+    ).build(chunks)
 
 
 def test_a_small_corpus_yields_grounded_examples_of_each_kind() -> None:
@@ -69,7 +69,11 @@ def test_a_small_corpus_yields_grounded_examples_of_each_kind() -> None:
 def test_retrieval_aware_examples_hold_gold_among_same_scope_distractors_and_some_without_it() -> None:
     chunks = company_corpus()
     texts = {chunk_key(c): c.text for c in chunks}
-    raft = [e for e in extractor_set(chunks, raft_per_chunk=20, raft_no_gold_share=0.2).examples if e.kind == "raft"]
+    raft = [
+        e
+        for e in extractor_set(chunks, raft_per_chunk=20, raft_no_gold_share=0.2).examples
+        if e.kind == "raft"
+    ]
     assert len(raft) >= 8
     without = 0
     for e in raft:
@@ -99,7 +103,13 @@ def test_retrieval_aware_examples_are_rendered_as_the_specialist_prompts() -> No
     instructions = system["content"].split("\nAnswer in JSON")[0]
     assert rendered == specialist_prompt(instructions, question, passages)
     # The specialist renders through the same function.
-    passage = Passage.model_validate({"text": "Larkspur is in Trieste.", "score": 1.0, "citation": {"doc_id": "d", "position": 0, "source": "s"}})
+    passage = Passage.model_validate(
+        {
+            "text": "Larkspur is in Trieste.",
+            "score": 1.0,
+            "citation": {"doc_id": "d", "position": 0, "source": "s"},
+        }
+    )
     spec_prompt = build_prompt(POLICY, task([]), [passage], [], tokenizer_chat=True)
     assert spec_prompt == specialist_prompt(POLICY.instructions, task([]).question, [passage.text])
 
@@ -155,7 +165,9 @@ FORMATS = {
     ),
     "csv": doc("f.csv", "id,text\n1,The cleaning fee at Larkspur is 17 euros.\n", media_type="text/csv"),
     "json": doc(
-        "f.json", json.dumps([{"id": "a", "text": "The cleaning fee at Larkspur is 17 euros."}]), media_type="application/json"
+        "f.json",
+        json.dumps([{"id": "a", "text": "The cleaning fee at Larkspur is 17 euros."}]),
+        media_type="application/json",
     ),
 }
 
