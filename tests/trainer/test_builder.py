@@ -77,7 +77,7 @@ def test_retrieval_aware_examples_hold_gold_among_same_scope_distractors_and_som
     assert len(raft) >= 8
     without = 0
     for e in raft:
-        system, user, assistant = e.messages
+        _, user, assistant = e.messages
         answer = json.loads(assistant.content)
         assert answer["handoff"] is None
         assert all(a in texts and a != e.chunk for a in e.also)  # distractors: the scope's own chunks

@@ -5,13 +5,14 @@ server."""
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import threading
 import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
+from typing import Any, ClassVar
 
 import pytest
 import uvicorn
@@ -58,7 +59,7 @@ CASES: dict[str, tuple[int, str | None, float]] = {
 
 
 class _Endpoint(BaseHTTPRequestHandler):
-    seen: list[dict[str, Any]] = []
+    seen: ClassVar[list[dict[str, Any]]] = []
 
     def log_message(self, format: str, *args: Any) -> None:
         return None
@@ -92,10 +93,8 @@ class _Endpoint(BaseHTTPRequestHandler):
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(data)))
         self.end_headers()
-        try:
+        with contextlib.suppress(BrokenPipeError):  # the client gave up (the timeout case)
             self.wfile.write(data)
-        except BrokenPipeError:  # the client gave up (the timeout case)
-            pass
 
 
 @pytest.fixture
