@@ -5,7 +5,7 @@ first). What the extractor reads, and what it writes from it:
 
     numbered list under a heading     process: "What are the steps, in order, for <heading>?" → the
                                        steps, numbered, in the document's order
-    "For <task>: a, then b, then c."  process, the same way
+    "For <task>: a, then b, then c."  process, the same way (and "<task>: 1. a, 2. b, ...")
     "| a | b |" table rows            a fact per cell: "What is the <column> of <row>?"
     "Key: value" lines                 a fact: "What is the <key>?" → "The <key> is <value>."
     "<subject> is <value>." sentences  a fact: "What/Where/When is <subject>?" → the sentence
@@ -30,6 +30,8 @@ from loraswarm.shared.answer_checks import sentences
 _NUMBERED = re.compile(r"^\s*(\d{1,3})[.)]\s+(.+)$")
 _BULLET = re.compile(r"^\s*[-*\u2022]\s+(.+)$")
 _KEY_VALUE = re.compile(r"^(?P<key>[A-Za-z][\w '/()-]{0,40}?):\s+(?P<value>\S.*)$")
+_INLINE_LIST = re.compile(r"^(?P<task>[^:]{3,80}):\s*1[.)]\s+(?P<steps>.+\s2[.)]\s.+)$")
+_INLINE_ITEM = re.compile(r"(?:^|[,;]?\s+)\d{1,2}[.)]\s+")
 _THEN = re.compile(r"^(?:For|To)\s+(?P<task>[^:]{3,80}):\s+(?P<steps>.+?)\.?$")
 _COPULA = re.compile(
     r"^(?P<subject>(?:The|My|Our|Your|Its|Their|This|That)\s.{3,80}?|[A-Z][^,]{3,80}?)\s"
@@ -160,6 +162,15 @@ class StructureExtractor:
                 body = bullet.group(1) if bullet else line.strip()
                 if _THEN.match(body):
                     continue
+                inline = _INLINE_LIST.match(body)
+                if inline:
+                    # "The repair process: 1. log the item, 2. photograph the damage, ..."
+                    steps = [
+                        p.strip(" ,.;") for p in _INLINE_ITEM.split(inline.group("steps")) if p.strip(" ,.;")
+                    ]
+                    if len(steps) >= 2:
+                        yield from self._process(chunk, inline.group("task").strip(), steps, user)
+                        continue
                 kv = _KEY_VALUE.match(body)
                 if kv and ", then " in kv.group("value") and block.heading:
                     # "In short: a, then b": the block's process said again in one line.
