@@ -110,6 +110,7 @@ def test_retrieval_aware_examples_are_rendered_as_the_specialist_prompts() -> No
             "citation": {"doc_id": "d", "position": 0, "source": "s"},
         }
     )
+    assert POLICY is not None
     spec_prompt = build_prompt(POLICY, task([]), [passage], [], tokenizer_chat=True)
     assert spec_prompt == specialist_prompt(POLICY.instructions, task([]).question, [passage.text])
 
