@@ -81,7 +81,7 @@ def findings(report: dict[str, Any]) -> list[str]:
                         verdict
                     ]
                     line += (
-                        f" {labels[built].capitalize()} (builder) {word} {labels[raw]} "
+                        f" {labels[built][:1].upper()}{labels[built][1:]} (builder) {word} {labels[raw]} "
                         f"({e(built, metric).mean:.2f} vs {e(raw, metric).mean:.2f})."
                     )
         lines.append(line)
