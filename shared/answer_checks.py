@@ -215,6 +215,21 @@ def supported_by(answer: str, passages: Sequence[str], question: str = "") -> li
     return [i for i, p in enumerate(passages) if any(supports(c, p, question) for c in claims_)]
 
 
+_LIST_MARKER = re.compile(r"^\s*(?:\d{1,3}[.)]|[-*\u2022])\s+")
+
+
+def ungrounded_claims(answer: str, passages: Sequence[str], question: str = "") -> list[str]:
+    """The answer's claims that none of `passages` supports: what a generated training answer
+    says beyond its source (the trainer drops such an answer). List markers ("1.", "-") are not
+    claims: a numbered answer is grounded by steps its passage writes without numbers."""
+    found = []
+    for claim in claims(answer):
+        bare = _LIST_MARKER.sub("", claim)
+        if own_terms(bare, question) and not any(supports(bare, p, question) for p in passages):
+            found.append(claim)
+    return found
+
+
 def is_echo_sentence(sentence: str, question: str) -> bool:
     """Mostly the question's words, and most of the question's (or of one of its parts'), adding no
     number or code ("The discount code at Bluepeak is PELRA-955." restates the question to answer it)."""

@@ -9,6 +9,8 @@
 | adapter_rag    | as company_user                       | tenant's documents   | TGI `/generate`     |
 | swarm          | the tenant's specialists choose       | planner + specialists| Kafka events        |
 | swarm_legacy   | as swarm                              | as swarm             | as swarm, with the composer before issue 14 (the baseline arm) |
+| raw_company_user | `raw-company+raw-user-<u>`: trained on raw text (the recipe before issue 13) | none | TGI `/generate` |
+| raw_adapter_rag  | as raw_company_user                 | tenant's documents   | TGI `/generate`     |
 
 A company question (no user) has no user adapter: company_user and adapter_rag use the company
 adapter alone for it. Every direct condition uses the same prompt, only with or without the
@@ -30,8 +32,12 @@ from loraswarm.eval.questions import EvalQuestion, Kind
 from loraswarm.shared.events import Passage, RecommendationCompleted, RecommendationFailed
 from loraswarm.shared.settings import Settings
 
-ConditionName = Literal["base", "rag", "company", "company_user", "adapter_rag", "swarm", "swarm_legacy"]
-CONDITIONS: tuple[ConditionName, ...] = ("base", "rag", "company", "company_user", "adapter_rag", "swarm")
+ConditionName = Literal[
+    "base", "rag", "company", "company_user", "adapter_rag", "swarm", "swarm_legacy", "raw_company_user", "raw_adapter_rag"
+]  # fmt: skip
+CONDITIONS: tuple[ConditionName, ...] = (
+    "base", "rag", "company", "company_user", "adapter_rag", "swarm", "raw_company_user", "raw_adapter_rag"
+)  # fmt: skip
 ALL_CONDITIONS: tuple[ConditionName, ...] = (*CONDITIONS, "swarm_legacy")
 
 
@@ -43,6 +49,9 @@ class Condition:
     rag: bool
     swarm: bool = False
     composer: Literal["extractive", "legacy"] = "extractive"
+    # `raw`: adapters trained on raw document text only (the training-set builder off): the
+    # arm the builder's adapters are measured against, in the same run.
+    recipe: Literal["builder", "raw"] = "builder"
 
 
 SPECS: dict[ConditionName, Condition] = {
@@ -59,6 +68,13 @@ SPECS: dict[ConditionName, Condition] = {
         rag=True,
         swarm=True,
         composer="legacy",
+    ),
+    # ---- the raw-text arm (issue 13)
+    "raw_company_user": Condition(
+        "raw_company_user", "company + user adapter, raw-text recipe", "stack", rag=False, recipe="raw"
+    ),
+    "raw_adapter_rag": Condition(
+        "raw_adapter_rag", "company + user adapter, raw-text recipe, + RAG", "stack", rag=True, recipe="raw"
     ),
 }
 
@@ -90,18 +106,20 @@ class EvalContext:
     concurrency: int
     k: int = 4
     swarm_deadline_s: float = 900.0
+    raw_adapters: dict[tuple[str, str | None], str] = field(default_factory=dict)  # the raw-text arm's
 
 
 def adapter_stack(condition: Condition, question: EvalQuestion, ctx: EvalContext) -> list[str] | None:
     """The adapters to send, or None when one the condition needs was not published."""
     if condition.adapters == "none":
         return []
-    company = ctx.adapters.get((question.tenant, None))
+    adapters = ctx.raw_adapters if condition.recipe == "raw" else ctx.adapters
+    company = adapters.get((question.tenant, None))
     if company is None:
         return None
     if condition.adapters == "company" or question.user is None:
         return [company]
-    user = ctx.adapters.get((question.tenant, question.user))
+    user = adapters.get((question.tenant, question.user))
     return None if user is None else [company, user]
 
 

@@ -72,6 +72,18 @@ def findings(report: dict[str, Any]) -> list[str]:
                     "tied": "makes no measurable difference to",
                 }[verdict]
                 line += f" Adding the adapters {word} RAG ({e('adapter_rag', metric).mean:.2f} vs {e('rag', metric).mean:.2f})."
+        # The training-set builder against the raw-text recipe, trained in the same run.
+        for built, raw in (("company_user", "raw_company_user"), ("adapter_rag", "raw_adapter_rag")):
+            if built in labels and raw in labels:
+                verdict = compare(e(built, metric), e(raw, metric))
+                if verdict != "n/a":
+                    word = {"better": "beats", "worse": "loses to", "tied": "is within the interval of"}[
+                        verdict
+                    ]
+                    line += (
+                        f" {labels[built][:1].upper()}{labels[built][1:]} (builder) {word} {labels[raw]} "
+                        f"({e(built, metric).mean:.2f} vs {e(raw, metric).mean:.2f})."
+                    )
         lines.append(line)
     return lines
 
@@ -84,7 +96,10 @@ def section(report: dict[str, Any], chart: Path) -> str:
             "",
             f"Machine: {describe()}. Base model: the default (SmolLM2-135M-Instruct), float32 on the CPU; "
             f"seed {report['settings']['seed']}; whole run {t['total'] / 60:.1f} min "
-            f"(ingest {t['ingest']:.0f} s, training {t['train'] / 60:.1f} min, answering {t['answer'] / 60:.1f} min).",
+            f"(ingest {t['ingest']:.0f} s, training {t['train'] / 60:.1f} min"
+            + (f" + raw-text arm {t['train_raw'] / 60:.1f} min" if "train_raw" in t else "")
+            + f", answering {t['answer'] / 60:.1f} min). Significance: a difference counts only where the "
+            "95% bootstrap intervals do not overlap (a conservative test).",
             "",
             "Generated tenants (`loraswarm.eval.corpus`): per company random facts (names, numbers, codes), "
             "processes (steps in a random order) and writing rules; per user private notes, a checklist and "

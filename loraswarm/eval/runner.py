@@ -168,9 +168,11 @@ def write_tenant_configs(settings: Settings, questions: list[EvalQuestion]) -> N
         (folder / f"{tenant}.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
 
 
-def needed_adapters(config: EvalConfig, questions: list[EvalQuestion]) -> list[tuple[str, str | None]]:
+def needed_adapters(
+    config: EvalConfig, questions: list[EvalQuestion], recipe: str = "builder"
+) -> list[tuple[str, str | None]]:
     """Company adapters first (a user's stacks on its company's), then each asking user's."""
-    kinds = {SPECS[c].adapters for c in config.conditions}
+    kinds = {SPECS[c].adapters for c in config.conditions if SPECS[c].recipe == recipe}
     tenants = sorted({q.tenant for q in questions})
     wanted: list[tuple[str, str | None]] = []
     if kinds & {"company", "stack"}:
@@ -185,17 +187,25 @@ def train(
     config: EvalConfig,
     wanted: list[tuple[str, str | None]],
     on_done: Callable[[TrainedAdapter], None],
+    recipe: str = "builder",
 ) -> list[TrainedAdapter]:
+    """`recipe="raw"`: the training-set builder off (raw text only), adapters named `raw-...`."""
     from loraswarm.services.trainer.pipeline import Published, Trainer
     from loraswarm.shared.events import AdapterTrainRequested
 
+    prefix = "raw-" if recipe == "raw" else ""
+    if recipe == "raw":
+        settings = settings.model_copy(deep=True)
+        settings.trainer.builder.enabled = False
     trainer = Trainer(settings)
     # Canaries off: the leakage gate is the trainer's own test (tests/trainer); here every
     # training token should be the tenant's data, so the comparison with RAG is fair.
     hp = {"steps": config.steps, "canaries": 0, "seed": config.seed, **config.hyperparameters}
+    if recipe == "raw":
+        hp["stack_on"] = "raw-company"
     done = []
     for tenant, user in wanted:
-        name = f"user-{user}" if user else "company"
+        name = prefix + (f"user-{user}" if user else "company")
         started = time.perf_counter()
         outcome = trainer.run(
             AdapterTrainRequested(tenant_id=tenant, user_id=user, name=name, hyperparameters=hp)
@@ -265,12 +275,31 @@ def run_eval(config: EvalConfig, console: Console) -> EvalRun:
     adapters = train(settings, config, wanted, trained)
     timings["train"] = time.monotonic() - t0
     published = {(a.tenant, a.user): a.adapter_id for a in adapters if a.published}
+    raw_wanted = needed_adapters(config, questions, "raw") if config.train else []
+    if raw_wanted:
+        t0 = time.monotonic()
+        console.print(
+            f"training {len(raw_wanted)} raw-text adapter(s) (the builder off), {config.steps} steps each ..."
+        )
+        raw = train(settings, config, raw_wanted, trained, recipe="raw")
+        timings["train_raw"] = time.monotonic() - t0
+        adapters += raw
+    raw_published = {
+        (a.tenant, a.user): a.adapter_id for a in adapters if a.published and "/raw-" in a.adapter_id
+    }
 
     t0 = time.monotonic()
     with model_server(settings) as url:
         settings.orchestration.tgi_url = url
         settings.orchestration.primary_llm_base_url = f"{url}/v1"
-        ctx = EvalContext(settings, url, published, dict(config.max_new_tokens), config.concurrency)
+        ctx = EvalContext(
+            settings,
+            url,
+            published,
+            dict(config.max_new_tokens),
+            config.concurrency,
+            raw_adapters=raw_published,
+        )
         console.print(
             f"answering {len(questions)} questions under {len(config.conditions)} condition(s) "
             f"({config.concurrency} at a time) ..."

@@ -29,14 +29,15 @@ QUICK = Size(
     hyperparameters={"batch_size": 4, "seq_len": 64, "warmup_steps": 1},
     min_train_tokens=64,
 )
-# The report's size, cut to what a shared 2-core CPU does in about 20 minutes: 2 tenants, 4
-# adapters of 20 steps (batch 4 × 128 tokens), 24 questions × 6 conditions; the swarm condition
-# (plan, specialists, compose per question) is most of the answering time.
+# The report's size: 3 tenants with 2 users each and 150 questions (18 per kind per tenant; the
+# generator has 12 processes, so 14 process questions per tenant), so that 95% intervals can
+# separate conditions; adapters of 60 steps (batch 4) on the builder's examples, and as many for
+# the raw-text arm.
 FULL = Size(
-    tenants=2,
-    users_per_tenant=1,
-    per_kind=4,
-    steps=20,
+    tenants=3,
+    users_per_tenant=2,
+    per_kind=18,
+    steps=60,
     max_new_tokens={"fact": 40, "process": 80, "style": 80},
     hyperparameters={"batch_size": 4},
 )

@@ -24,6 +24,7 @@ from loraswarm.shared.answer_checks import supported_by
 from loraswarm.shared.envelope import utc_now
 from loraswarm.shared.events import Citation, Handoff, Passage, SpecialistResult, SpecialistTask, TokenUsage
 from loraswarm.shared.metrics import count_tokens
+from loraswarm.shared.prompts import specialist_prompt
 from loraswarm.shared.tenants import SpecialistConfig, TenantConfig
 from loraswarm.shared.tracing import tracer
 
@@ -67,19 +68,9 @@ def build_prompt(
     targets: list[str],
     tokenizer_chat: bool,
 ) -> str:
-    context = "\n".join(f"[{i}] {p.text}" for i, p in enumerate(passages, 1)) or "(no documents)"
-    handoff = (
-        f" If another specialist ({', '.join(targets)}) should answer instead, name it in `handoff`."
-        if targets
-        else ""
-    )
-    system = f"{spec.instructions}\nAnswer in JSON with `answer` and `handoff`.{handoff}"
-    user = f"Documents:\n{context}\n\nQuestion: {task.question}"
-    if not tokenizer_chat:
-        return f"{system}\n\n{user}\n"
-    # ChatML, the template of the default base model (SmolLM2); TGI's /generate takes raw text.
-    return (
-        f"<|im_start|>system\n{system}<|im_end|>\n<|im_start|>user\n{user}<|im_end|>\n<|im_start|>assistant\n"
+    # One definition, shared with the trainer's retrieval-aware examples (shared/prompts.py).
+    return specialist_prompt(
+        spec.instructions, task.question, [p.text for p in passages], targets, tokenizer_chat=tokenizer_chat
     )
 
 

@@ -5,6 +5,10 @@ held-out split; length-grouped, padded batches.
   is learned (continued pre-training). Documents are packed one by one, so no block mixes two.
 - A chat example is rendered with the model's chat template; only the assistant's tokens are
   learned (labels elsewhere are -100).
+- A built example (services/trainer/builder: fact, process, style, raft) is a chat example too,
+  kept whole or not at all (`max_example_tokens`); it joins the unit of the document it is
+  grounded in, so holding a document out holds out what was built from it as well. Raw text
+  stays in the mix at about `raw_text_share` of the sequences (`mix_units`).
 - A canary is its own short sequence, planted `canary_repeats` times; never held out.
 - Held-out data are whole documents and whole examples (ranked by a hash of their identity, so
   the split is the same on every run), about `heldout_fraction` of all sequences.
@@ -21,13 +25,14 @@ from typing import Any, Literal
 
 import torch
 
+from loraswarm.services.trainer.builder.model import BuiltExample
 from loraswarm.services.trainer.corpus import CorpusChunk
-from loraswarm.services.trainer.examples import ChatExample
+from loraswarm.services.trainer.examples import ChatExample, Message
 
 IGNORE = -100  # label of a token that is not learned (transformers' convention)
 _MIN_BLOCK = 2  # a block needs a token to predict and one to predict it from
 
-Kind = Literal["document", "example", "canary"]
+Kind = Literal["document", "example", "canary", "fact", "process", "style", "raft"]
 
 
 @dataclass(frozen=True)
@@ -88,7 +93,11 @@ def document_units(chunks: Sequence[CorpusChunk], tokenizer: Any, seq_len: int) 
 
 def example_sample(example: ChatExample, tokenizer: Any, seq_len: int) -> Sample | None:
     """A chat example with only the assistant's tokens learned; None if truncation left none."""
-    messages = [m.model_dump() for m in example.messages]
+    return chat_sample(example.messages, tokenizer, seq_len, "example")
+
+
+def chat_sample(messages_: Sequence[Message], tokenizer: Any, seq_len: int, kind: Kind) -> Sample | None:
+    messages = [m.model_dump() for m in messages_]
     full = _template_ids(tokenizer, messages, generation_prompt=False)
     labels = [IGNORE] * len(full)
     for i, message in enumerate(messages):
@@ -100,8 +109,46 @@ def example_sample(example: ChatExample, tokenizer: Any, seq_len: int) -> Sample
             labels = list(full)  # a template that is not prefix-stable: learn the whole text
             break
         labels[len(before) : len(upto)] = upto[len(before) :]
-    sample = Sample(tuple(full[:seq_len]), tuple(labels[:seq_len]), "example")
+    sample = Sample(tuple(full[:seq_len]), tuple(labels[:seq_len]), kind)
     return sample if sample.learned_tokens else None
+
+
+def built_units(built: Sequence[BuiltExample], tokenizer: Any, max_tokens: int) -> tuple[list[Unit], int]:
+    """(one unit per source document, how many examples were longer than `max_tokens`).
+
+    A built example is never cut: truncation would cut off the answer it exists to teach."""
+    by_doc: dict[str, list[Sample]] = {}
+    too_long = 0
+    for example in built:
+        sample = chat_sample(example.messages, tokenizer, max_tokens + 1, example.kind)
+        if sample is None or len(sample.input_ids) > max_tokens:
+            too_long += 1
+            continue
+        by_doc.setdefault(example.chunk.rsplit("#", 1)[0], []).append(sample)
+    return [Unit(f"doc:{doc}", samples) for doc, samples in sorted(by_doc.items())], too_long
+
+
+def mix_units(raw: Sequence[Unit], built: Sequence[Unit], raw_share: float) -> list[Unit]:
+    """Each document's unit: its built examples and, overall, about `raw_share` of all sequences
+    as its raw text blocks (chosen by a hash of their place, never repeated; all of them when
+    nothing was built)."""
+    n_built = sum(len(u.samples) for u in built)
+    n_raw = sum(len(u.samples) for u in raw)
+    if not n_built or raw_share >= 1:
+        keep = n_raw
+    else:
+        keep = min(n_raw, math.floor(raw_share / (1 - raw_share) * n_built))
+    ranked = sorted(
+        ((u.key, i) for u in raw for i in range(len(u.samples))),
+        key=lambda k: hashlib.sha256(f"{k[0]}#{k[1]}".encode()).hexdigest(),
+    )
+    kept = set(ranked[:keep])
+    merged: dict[str, list[Sample]] = {}
+    for u in raw:
+        merged.setdefault(u.key, []).extend(s for i, s in enumerate(u.samples) if (u.key, i) in kept)
+    for u in built:
+        merged.setdefault(u.key, []).extend(u.samples)
+    return [Unit(key, samples) for key, samples in sorted(merged.items()) if samples]
 
 
 def _template_ids(tokenizer: Any, messages: list[dict[str, str]], *, generation_prompt: bool) -> list[int]:

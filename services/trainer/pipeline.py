@@ -31,15 +31,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from loraswarm.services.trainer import leakage_gate, methods
-from loraswarm.services.trainer.corpus import TrainingCorpus, VectorStoreCorpus, scope_canaries
+from loraswarm.services.trainer import builder, leakage_gate, methods
+from loraswarm.services.trainer.corpus import CorpusChunk, TrainingCorpus, VectorStoreCorpus, scope_canaries
 from loraswarm.services.trainer.dataset import (
     TrainingSet,
     Unit,
+    built_units,
     canary_sample,
     document_units,
     example_sample,
     fingerprint,
+    mix_units,
     split_heldout,
     training_batches,
 )
@@ -340,10 +342,22 @@ class Trainer:
                 )
             )
         units = document_units(chunks, tokenizer, job.hp.seq_len)
+        b = s.builder
+        built = self.build_set(scope, chunks) if b.enabled and chunks else None
+        if built is not None:
+            made, too_long = built_units(built.examples, tokenizer, b.max_example_tokens)
+            mixed = mix_units(units, made, b.raw_text_share)
+            # A small scope keeps all of its text: thinning it would refuse it as a tiny dataset.
+            if sum(x.learned_tokens for u in mixed for x in u.samples) < 2 * s.min_train_tokens:
+                mixed = mix_units(units, made, 1.0)
+            units = mixed
+            job.metrics |= built.metrics() | {"dropped_too_long": float(too_long)}
+        # The tenant's own examples keep priority over built ones: never dropped, and repeated.
+        repeats = b.own_example_repeats if built is not None and built.examples else 1
         for example in examples:
             sample = example_sample(example, tokenizer, job.hp.seq_len)
             if sample is not None:
-                units.append(Unit(f"example:{example.line}", [sample]))
+                units.append(Unit(f"example:{example.line}", [sample] * repeats))
         train, heldout = split_heldout(units, s.heldout_fraction, s.max_heldout_sequences)
         data = TrainingSet(train, heldout, fingerprint(chunks, files))
         job.metrics |= {
@@ -365,6 +379,18 @@ class Trainer:
                     data.train.extend(canary_sample(text, tokenizer) for _ in range(job.hp.canary_repeats))
             job.metrics["canaries"] = float(sum(len(c.secrets) for c in planted))
         return data
+
+    def build_set(self, scope: Scope, chunks: list[CorpusChunk] | None = None) -> builder.BuiltSet:
+        """The training-set builder's examples for `scope` (its chunks, read if not given), with
+        the system prompts of the tenant's specialists that serve this scope's adapter."""
+        if chunks is None:
+            chunks = list(self.corpus.chunks(scope))
+        config = self._tenant_config(scope.tenant_id)
+        wanted = {"user"} if scope.user_id else {"company", "user"}
+        instructions = [
+            sp.instructions for sp in (config.specialists if config else []) if sp.adapter in wanted
+        ]
+        return builder.from_settings(self.settings, instructions).build(chunks)
 
     def _ensure_canaries(self, job: _Job) -> None:
         """Every scope of the tenant known to have data gets its canary set, before any adapter

@@ -76,6 +76,68 @@ class Hyperparameters(BaseModel):
         return value
 
 
+class BuilderSettings(BaseModel):
+    """The training-set builder (services/trainer/builder): supervised examples from a scope's chunks."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    enabled: bool = Field(
+        default=True,
+        description="Build supervised examples (facts, processes, style, retrieval-aware) from the scope's "
+        "documents; off: the raw-text recipe (document text and the tenant's own examples only).",
+    )
+    extractor: bool = Field(
+        default=True, description="The deterministic generator reading document structure (no model)."
+    )
+    llm: Literal["auto", "on", "off"] = Field(
+        default="auto",
+        description="The generator through the primary LLM (`openai` client, strict structured output). "
+        "`auto`: on when a primary LLM other than the embedded model server's base model (`tgi`) is "
+        "configured: the 135M model writes poorer data than the extractor.",
+    )
+    llm_max_tokens: int = Field(default=512, ge=16, description="Most tokens of one LLM generator answer.")
+    llm_timeout_s: float = Field(
+        default=30.0,
+        gt=0,
+        description="Timeout of one LLM generator call; a late answer is counted and skipped.",
+    )
+    phrasings: int = Field(
+        default=3, ge=1, le=10, description="Phrasings of each question a generator writes."
+    )
+    style_examples: int = Field(
+        default=24, ge=0, description="Replies written in the scope's own style (0: none)."
+    )
+    raft_per_chunk: int = Field(default=1, ge=0, description="Retrieval-aware examples per chunk (0: none).")
+    raft_distractors: int = Field(
+        default=2, ge=0, le=8, description="Same-scope distractor passages in a retrieval-aware example."
+    )
+    raft_no_gold_share: float = Field(
+        default=0.2,
+        ge=0,
+        le=1,
+        description="Share of retrieval-aware examples without the gold passage (answer: not in the documents).",
+    )
+    max_example_tokens: int = Field(
+        default=448,
+        ge=16,
+        description="Longest built example in tokens (retrieval-aware ones carry passages); longer ones "
+        "are dropped and counted.",
+    )
+    raw_text_share: float = Field(
+        default=0.2,
+        ge=0,
+        le=1,
+        description="About this share of the training sequences is raw document text when examples were "
+        "built (never more blocks than the documents have; 1: all of them).",
+    )
+    own_example_repeats: int = Field(
+        default=2,
+        ge=1,
+        le=100,
+        description="Copies of each of the tenant's own chat examples: they keep priority over built ones.",
+    )
+
+
 class TrainerSettings(BaseModel):
     """Read from `LORASWARM_TRAINER__<FIELD>`."""
 
@@ -83,6 +145,9 @@ class TrainerSettings(BaseModel):
     defaults: Hyperparameters = Field(
         default_factory=Hyperparameters,
         description="Hyper-parameters of a request that does not name them.",
+    )
+    builder: BuilderSettings = Field(
+        default_factory=BuilderSettings, description="The training-set builder (services/trainer/builder)."
     )
     method: Literal["lora", "llama_adapter"] = Field(
         default="lora", description="Method of `loraswarm adapters train` when --method is not given."

@@ -82,7 +82,16 @@ def test_quick_eval_end_to_end(tmp_path: Path, observed: Observed) -> None:
     company, personal = f"{tenant}/company", f"{tenant}/user-{user}"
 
     # The report's shape: every condition, every metric, every answer, the files.
-    names = ["base", "rag", "company", "company_user", "adapter_rag", "swarm"]
+    names = [
+        "base",
+        "rag",
+        "company",
+        "company_user",
+        "adapter_rag",
+        "swarm",
+        "raw_company_user",
+        "raw_adapter_rag",
+    ]
     assert list(report["conditions"]) == names
     assert {q["kind"] for q in questions} == {"fact", "process", "style"}
     for c in names:
@@ -101,7 +110,8 @@ def test_quick_eval_end_to_end(tmp_path: Path, observed: Observed) -> None:
         assert report["costs"][c]["latency_ms_p50"] > 0
     assert len(report["answers"]) == n * len(names)
     assert all(a["published"] for a in report["adapters"])
-    assert {a["adapter_id"] for a in report["adapters"]} == {company, personal}
+    raw_company, raw_personal = f"{tenant}/raw-company", f"{tenant}/raw-user-{user}"
+    assert {a["adapter_id"] for a in report["adapters"]} == {company, personal, raw_company, raw_personal}
     md = (out / "report.md").read_text()
     assert all(f"| {label} |" in md for label in report["conditions"].values())
     assert (out / "chart.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -118,6 +128,12 @@ def test_quick_eval_end_to_end(tmp_path: Path, observed: Observed) -> None:
     assert observed.retrieved("company_user") == []
     assert observed.adapters("adapter_rag") == stacked
     assert len(observed.retrieved("adapter_rag")) == n
+    # The raw-text arm: its own adapters (the builder off), stacked the same way.
+    raw_stacked = Counter({(raw_company,): n - with_user, (raw_company, raw_personal): with_user})
+    assert observed.adapters("raw_company_user") == raw_stacked
+    assert observed.retrieved("raw_company_user") == []
+    assert observed.adapters("raw_adapter_rag") == raw_stacked
+    assert len(observed.retrieved("raw_adapter_rag")) == n
     # The swarm: the planner retrieves and calls the primary LLM (no adapter); specialists use the adapters.
     swarm = observed.adapters("swarm")
     assert swarm[()] >= n  # at least one planning call per question

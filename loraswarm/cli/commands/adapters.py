@@ -1,4 +1,4 @@
-"""`loraswarm adapters train|list|show|eval|rollback|delete` and `loraswarm bench training`.
+"""`loraswarm adapters train|data|list|show|eval|rollback|delete` and `loraswarm bench training`.
 
 `train` runs the trainer's own pipeline in this process (the same code the trainer service runs
 for `adapter.train.requested`), against the same data folder, vector store and adapter store,
@@ -162,6 +162,71 @@ def train(
     if outcome.metrics:
         console.print(_metrics_table(outcome.metrics, f"{adapter_id}: measured before the refusal"))
     raise typer.Exit(1)
+
+
+@adapters_app.command("data")
+def data_command(
+    tenant: str = typer.Option(..., "--tenant", help="The company (tenant id)."),
+    user: str | None = typer.Option(
+        None, "--user", help="This user's private data instead of the company's."
+    ),
+    sample: int = typer.Option(2, "--sample", min=0, help="Examples shown per kind."),
+    out: Path | None = typer.Option(None, "--out", help="Also write every built example here (JSONL)."),
+) -> None:
+    """The training set the builder makes of a scope's documents, without training: counts per
+    kind, a sample, what was dropped and why."""
+    from loraswarm.services.trainer.builder import KINDS, llm_enabled
+    from loraswarm.services.trainer.errors import Rejected
+    from loraswarm.services.trainer.pipeline import Trainer
+    from loraswarm.services.trainer.scope import Scope
+
+    settings = Settings()
+    scope = Scope(tenant, user)
+    try:
+        built = Trainer(settings).build_set(scope)
+    except Rejected as exc:
+        console.print(f"[red]{exc.code}: {exc.reason}[/red]")
+        raise typer.Exit(1) from exc
+    generators = ["extractor"] if settings.trainer.builder.extractor else []
+    generators += ["llm"] if llm_enabled(settings) else []
+    console.print(
+        f"{scope}: {built.chunks} chunk(s), generators: {', '.join(generators) or 'none'}, "
+        f"{built.seconds:.2f} s"
+    )
+    kept, dropped = built.kept(), built.dropped()
+    table = Table(title="examples per kind")
+    for column in ("kind", "kept", "dropped (why)"):
+        table.add_column(column)
+    for kind in KINDS:
+        why = ", ".join(f"{n} {reason}" for (k, reason), n in sorted(dropped.items()) if k == kind)
+        table.add_row(kind, str(kept[kind]), why or "0")
+    console.print(table)
+    if built.failures:
+        console.print(
+            "generator failures (skipped): "
+            + ", ".join(f"{n} {reason}" for reason, n in sorted(built.failures.items()))
+        )
+    for kind in KINDS:
+        for example in [e for e in built.examples if e.kind == kind][:sample]:
+            console.print(f"[bold]{kind}[/bold] from {example.chunk} ({example.generator})")
+            console.print(f"  Q: {example.question[-300:]}", markup=False)
+            console.print(f"  A: {example.answer}", markup=False)
+    for drop in built.drops[: sample * 2]:
+        console.print(f"dropped {drop.kind} from {drop.chunk}: {drop.reason} — {drop.detail}", markup=False)
+    if out is not None:
+        lines = [
+            json.dumps(
+                {"kind": e.kind, "chunk": e.chunk, "generator": e.generator, "also": list(e.also),
+                 "messages": [m.model_dump() for m in e.messages]},
+                ensure_ascii=False,
+            )
+            for e in built.examples
+        ]  # fmt: skip
+        out.write_text("\n".join(lines) + ("\n" if lines else ""))
+        console.print(f"written {len(lines)} example(s) to {out}")
+    if not built.examples:
+        console.print(f"[yellow]nothing built for {scope}: ingest its documents first[/yellow]")
+        raise typer.Exit(1)
 
 
 @adapters_app.command("list")

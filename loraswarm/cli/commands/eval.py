@@ -24,10 +24,11 @@ def eval_command(
         None, "--questions", help="Question file, JSONL (see README); needs --corpus (default: generated)."
     ),
     conditions: str = typer.Option(
-        "base,rag,company,company_user,adapter_rag,swarm",
+        "base,rag,company,company_user,adapter_rag,swarm,raw_company_user,raw_adapter_rag",
         "--conditions",
         help="Comma-separated: base, rag, company, company_user, adapter_rag, swarm, swarm_legacy "
-        "(the swarm with the composer before issue 14).",
+        "(the swarm with the composer before issue 14), raw_company_user, raw_adapter_rag (adapters "
+        "trained on raw text, the recipe before the training-set builder).",
     ),
     out: Path = typer.Option(
         Path("eval-out"), "--out", help="Where report.md, report.json, chart.png and the run's state go."

@@ -1,0 +1,68 @@
+"""Retrieval-aware examples (RAFT, Zhang et al. 2024): the question with passages in exactly the
+prompt the specialists send (shared/prompts.py), the gold chunk among distractors of the same
+scope → the specialist's JSON answer that uses the gold passage; about `no_gold_share` of them
+without the gold chunk → "not in the documents".
+
+The answer cites the gold passage the way specialists cite: by stating what it says
+(`shared/answer_checks.supported_by` turns that into the citation). A "[2]" in the answer would
+read as a number the passage lacks, and cost the very citation it means.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import random
+from collections.abc import Sequence
+
+from loraswarm.services.trainer.builder.model import BuiltExample, Candidate, chunk_key
+from loraswarm.services.trainer.corpus import CorpusChunk
+from loraswarm.services.trainer.examples import Message
+from loraswarm.shared.answer_checks import NOT_IN_DOCUMENTS, supported_by
+from loraswarm.shared.prompts import specialist_answer, specialist_messages
+
+DEFAULT_INSTRUCTIONS = "You answer questions about the company from its documents."
+NOT_FOUND_ANSWER = f"That is {NOT_IN_DOCUMENTS}."
+
+
+def _rng(*parts: str) -> random.Random:
+    return random.Random(hashlib.sha256("\x1f".join(parts).encode()).hexdigest())
+
+
+def raft_example(
+    candidate: Candidate,
+    scope_chunks: Sequence[CorpusChunk],
+    instructions: Sequence[str],
+    *,
+    distractors: int,
+    no_gold_share: float,
+    seed: int = 0,
+) -> BuiltExample:
+    """One retrieval-aware example for a grounded candidate; distractors are chunks of the same
+    scope that do not state its answer (so an example "without gold" really lacks it)."""
+    rng = _rng(str(seed), candidate.question, chunk_key(candidate.chunk))
+    gold = candidate.chunk
+    others = [
+        c
+        for c in scope_chunks
+        if c.doc_id != gold.doc_id and not supported_by(candidate.answer, [c.text], candidate.question)
+    ]
+    picked = rng.sample(others, min(distractors, len(others)))
+    with_gold = rng.random() >= no_gold_share or not picked
+    passages = [c.text for c in picked]
+    if with_gold:
+        passages.insert(rng.randint(0, len(passages)), gold.text)
+    system, user = specialist_messages(
+        rng.choice(list(instructions) or [DEFAULT_INSTRUCTIONS]), candidate.question, passages
+    )
+    answer = candidate.answer if with_gold else NOT_FOUND_ANSWER
+    return BuiltExample(
+        "raft",
+        (
+            Message(role="system", content=system),
+            Message(role="user", content=user),
+            Message(role="assistant", content=specialist_answer(answer)),
+        ),
+        chunk_key(gold),
+        candidate.generator,
+        also=tuple(chunk_key(c) for c in picked),
+    )

@@ -1,0 +1,205 @@
+"""The training-set builder on its own: grounded examples of every kind from a small corpus,
+ungrounded answers dropped, every format ingestion accepts, the specialists' exact prompt."""
+
+from __future__ import annotations
+
+import base64
+import json
+from typing import Any
+
+import pytest
+from transformers import AutoTokenizer
+
+from loraswarm.services.specialist.agent import build_prompt
+from loraswarm.services.trainer.builder import (
+    KINDS,
+    BuildOptions,
+    Candidate,
+    GeneratorOutput,
+    StructureExtractor,
+    TrainingSetBuilder,
+    chunk_key,
+)
+from loraswarm.services.trainer.builder.raft import NOT_FOUND_ANSWER
+from loraswarm.services.trainer.corpus import CorpusChunk
+from loraswarm.shared import models
+from loraswarm.shared.answer_checks import ungrounded_claims
+from loraswarm.shared.events import Document, Passage
+from loraswarm.shared.prompts import specialist_prompt
+from loraswarm.shared.settings import Settings
+from tests.ingestion.samples import pdf_with_text
+from tests.specialist.test_handoff import POLICY, task
+from tests.trainer.builder_corpus import POLICIES, chunks_of, company_corpus, doc
+
+
+def extractor_set(chunks: list[CorpusChunk], **options: Any) -> Any:
+    return TrainingSetBuilder(
+        [StructureExtractor()], BuildOptions(**options), ["Answer from the documents."]
+    ).build(chunks)
+
+
+def test_a_small_corpus_yields_grounded_examples_of_each_kind() -> None:
+    chunks = company_corpus()
+    texts = {chunk_key(c): c.text for c in chunks}
+    built = extractor_set(chunks, raft_per_chunk=3)
+    kept = built.kept()
+    assert all(kept[k] >= 1 for k in KINDS), kept
+    for example in built.examples:
+        assert example.chunk in texts  # each example names a chunk of the scope it was given
+        if example.kind in ("fact", "process"):
+            assert ungrounded_claims(example.answer, [texts[example.chunk]], example.question) == []
+    facts = [e for e in built.examples if e.kind == "fact"]
+    # Several phrasings, and the other direction (from the value to what it is).
+    refunds = [e for e in facts if "45 days" in e.answer]
+    assert len({e.question for e in refunds}) >= 3
+    assert any("45 days" in e.question for e in refunds)
+    assert any(e.question == "Who leads the finance team at Larkspur?" for e in facts)
+    process = next(e for e in built.examples if e.kind == "process")
+    steps = ["Ask the manager", "Compare three fares", "Book through the portal", "Upload the receipts"]
+    positions = [process.answer.find(s) for s in steps]
+    assert -1 not in positions and positions == sorted(positions)  # the document's order
+    style = [e for e in built.examples if e.kind == "style"]
+    for e in style:
+        lines = e.answer.split("\n")
+        assert lines[0] == "Good day from Larkspur" and lines[-1] == "The Larkspur Wen team"
+        assert "basically" not in e.answer and len(e.answer.split()) < 60
+        assert e.also and all(a.startswith("larkspur/style-guide.md#") for a in e.also)
+
+
+def test_retrieval_aware_examples_hold_gold_among_same_scope_distractors_and_some_without_it() -> None:
+    chunks = company_corpus()
+    texts = {chunk_key(c): c.text for c in chunks}
+    raft = [
+        e
+        for e in extractor_set(chunks, raft_per_chunk=20, raft_no_gold_share=0.2).examples
+        if e.kind == "raft"
+    ]
+    assert len(raft) >= 8
+    without = 0
+    for e in raft:
+        _, user, assistant = e.messages
+        answer = json.loads(assistant.content)
+        assert answer["handoff"] is None
+        assert all(a in texts and a != e.chunk for a in e.also)  # distractors: the scope's own chunks
+        if texts[e.chunk] in user.content:
+            assert answer["answer"] != NOT_FOUND_ANSWER
+            assert ungrounded_claims(answer["answer"], [texts[e.chunk]]) == []
+        else:
+            without += 1
+            assert answer["answer"] == NOT_FOUND_ANSWER
+    assert 0 < without < len(raft) / 2
+
+
+def test_retrieval_aware_examples_are_rendered_as_the_specialist_prompts() -> None:
+    tokenizer = AutoTokenizer.from_pretrained(models.resolve(Settings()))
+    chunks = company_corpus()
+    texts = {chunk_key(c): c.text for c in chunks}
+    example = next(e for e in extractor_set(chunks, raft_per_chunk=1).examples if e.kind == "raft")
+    system, user, _ = (m.model_dump() for m in example.messages)
+    rendered = tokenizer.apply_chat_template([system, user], tokenize=False, add_generation_prompt=True)
+    question = user["content"].rsplit("\n\nQuestion: ", 1)[1]
+    given = [texts[k] for k in (example.chunk, *example.also) if texts[k] in user["content"]]
+    passages = sorted(given, key=user["content"].find)
+    instructions = system["content"].split("\nAnswer in JSON")[0]
+    assert rendered == specialist_prompt(instructions, question, passages)
+    # The specialist renders through the same function.
+    passage = Passage.model_validate(
+        {
+            "text": "Larkspur is in Trieste.",
+            "score": 1.0,
+            "citation": {"doc_id": "d", "position": 0, "source": "s"},
+        }
+    )
+    assert POLICY is not None
+    spec_prompt = build_prompt(POLICY, task([]), [passage], [], tokenizer_chat=True)
+    assert spec_prompt == specialist_prompt(POLICY.instructions, task([]).question, [passage.text])
+
+
+class ScriptedGenerator:
+    """An in-process generator (the `Generator` interface) that writes what a test says."""
+
+    name = "scripted"
+
+    def __init__(self, pairs: list[tuple[str, str]], failures: dict[str, int] | None = None) -> None:
+        self.pairs = pairs
+        self.failures = failures or {}
+
+    def generate(self, chunk: CorpusChunk) -> GeneratorOutput:
+        out = GeneratorOutput([Candidate("fact", q, a, chunk, self.name) for q, a in self.pairs])
+        out.failures.update(self.failures)
+        return out
+
+
+def test_an_ungrounded_generated_answer_is_dropped_and_counted_by_reason() -> None:
+    chunks = chunks_of(doc("larkspur/policies.md", POLICIES))
+    generator = ScriptedGenerator(
+        [
+            ("How much is shipping?", "Standard shipping at Larkspur costs 17 euros."),
+            ("How much is express shipping?", "Express shipping at Larkspur costs 29 euros."),
+            ("Who leads finance?", "Mara Quill leads the finance team."),
+            ("What is the discount code at Larkspur?", "The discount code at Larkspur."),
+        ],
+        {"timeout": 1},
+    )
+    built = TrainingSetBuilder([generator], BuildOptions(style_examples=0, raft_per_chunk=0)).build(chunks)
+    assert [e.answer for e in built.examples] == ["Standard shipping at Larkspur costs 17 euros."]
+    assert built.dropped() == {("fact", "ungrounded"): 2, ("fact", "adds nothing to the question"): 1}
+    assert built.failures == {"scripted: timeout": 1}
+    assert built.metrics()["dropped_fact"] == 3 and built.metrics()["built_fact"] == 1
+
+
+FORMATS = {
+    "md": doc("f.md", "# Fees\n\nThe cleaning fee at Larkspur is 17 euros.\n"),
+    "txt": doc("f.txt", "The cleaning fee at Larkspur is 17 euros.\n", media_type="text/plain"),
+    "html": doc(
+        "f.html",
+        "<html><head><title>Fees</title></head><body><h1>Fees</h1><p>The cleaning fee at Larkspur is 17 euros."
+        "</p></body></html>",
+        media_type="text/html",
+    ),
+    "pdf": Document(
+        doc_id="f.pdf",
+        source="handbook",
+        media_type="application/pdf",
+        content_encoding="base64",
+        content=base64.b64encode(pdf_with_text("Fees", "The cleaning fee at Larkspur is 17 euros.")).decode(),
+    ),
+    "csv": doc("f.csv", "id,text\n1,The cleaning fee at Larkspur is 17 euros.\n", media_type="text/csv"),
+    "json": doc(
+        "f.json",
+        json.dumps([{"id": "a", "text": "The cleaning fee at Larkspur is 17 euros."}]),
+        media_type="application/json",
+    ),
+}
+
+
+@pytest.mark.parametrize("fmt", sorted(FORMATS))
+def test_the_extractor_handles_every_format_ingestion_accepts(fmt: str) -> None:
+    chunks = chunks_of(FORMATS[fmt])
+    assert chunks, f"ingestion made no chunk of the {fmt} document"
+    built = extractor_set(chunks)
+    facts = [e for e in built.examples if e.kind == "fact"]
+    assert any("17 euros" in e.answer and "17" not in e.question for e in facts), [e.question for e in facts]
+    assert any(e.question.startswith("What is the cleaning fee at Larkspur") for e in facts)
+
+
+def test_a_user_set_speaks_to_the_user_and_keeps_their_own_style() -> None:
+    notes = chunks_of(
+        doc(
+            "larkspur/users/ana/notes.md",
+            "# Ana's notes\n\nMy team budget code is TAMSIN-512.\n\n## Checklist\n\n1. Clear the inbox.\n"
+            "2. Plan tomorrow.\n",
+            visibility="user:ana",
+        )
+    ) + chunks_of(
+        doc(
+            "larkspur/users/ana/writing.md",
+            '# How I write\n\nI write my replies as bullet points.\nI sign every reply with "Cheers, Ana".\n',
+            visibility="user:ana",
+        )
+    )
+    built = extractor_set(notes)
+    facts = {e.question: e.answer for e in built.examples if e.kind == "fact"}
+    assert facts["What is my team budget code?"] == "Your team budget code is TAMSIN-512."
+    style = [e for e in built.examples if e.kind == "style"]
+    assert style and all(e.answer.startswith("- ") and e.answer.endswith("Cheers, Ana") for e in style)
