@@ -10,6 +10,20 @@
 | swarm          | the tenant's specialists choose       | planner + specialists| Kafka events        |
 | swarm_legacy   | as swarm                              | as swarm             | as swarm, with the composer before issue 14 (the baseline arm) |
 
+LLaMA-Adapter conditions (issue 19), the same data and steps with the other method:
+
+| condition      | adapters sent to the model server     | retrieval            | path                |
+|----------------|---------------------------------------|----------------------|---------------------|
+| llama_company  | `<tenant>/company-llama`              | none                 | TGI `/generate`     |
+| llama_user     | `<tenant>/company+<tenant>/llama-user-<u>` | none            | TGI `/generate`     |
+| llama_rag      | as llama_user                         | tenant's documents   | TGI `/generate`     |
+| llama_swarm    | as swarm, users' adapters LLaMA-Adapters | planner + specialists | Kafka events   |
+
+A user's LLaMA-Adapter is trained on top of the company LoRA (the one stack both the trainer and
+the model server handle exactly: a stack holds at most one LLaMA-Adapter), so llama_user,
+llama_rag and llama_swarm differ from their LoRA twins in the user's adapter only; llama_company
+compares the company adapter itself.
+
 A company question (no user) has no user adapter: company_user and adapter_rag use the company
 adapter alone for it. Every direct condition uses the same prompt, only with or without the
 documents, and greedy decoding, so what differs is what the condition uses — nothing else.
@@ -22,6 +36,7 @@ import contextlib
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Literal
 
 from huggingface_hub import AsyncInferenceClient
@@ -30,9 +45,28 @@ from loraswarm.eval.questions import EvalQuestion, Kind
 from loraswarm.shared.events import Passage, RecommendationCompleted, RecommendationFailed
 from loraswarm.shared.settings import Settings
 
-ConditionName = Literal["base", "rag", "company", "company_user", "adapter_rag", "swarm", "swarm_legacy"]
+ConditionName = Literal[
+    "base",
+    "rag",
+    "company",
+    "company_user",
+    "adapter_rag",
+    "swarm",
+    "swarm_legacy",
+    "llama_company",
+    "llama_user",
+    "llama_rag",
+    "llama_swarm",
+]
 CONDITIONS: tuple[ConditionName, ...] = ("base", "rag", "company", "company_user", "adapter_rag", "swarm")
-ALL_CONDITIONS: tuple[ConditionName, ...] = (*CONDITIONS, "swarm_legacy")
+# LLaMA-Adapter next to LoRA (issue 19): each with its LoRA twin.
+LLAMA_TWINS: dict[ConditionName, ConditionName] = {
+    "llama_company": "company",
+    "llama_user": "company_user",
+    "llama_rag": "adapter_rag",
+    "llama_swarm": "swarm",
+}
+ALL_CONDITIONS: tuple[ConditionName, ...] = (*CONDITIONS, "swarm_legacy", *LLAMA_TWINS)
 
 
 @dataclass(frozen=True)
@@ -43,6 +77,7 @@ class Condition:
     rag: bool
     swarm: bool = False
     composer: Literal["extractive", "legacy"] = "extractive"
+    method: Literal["lora", "llama_adapter"] = "lora"  # of the question's own adapter
 
 
 SPECS: dict[ConditionName, Condition] = {
@@ -60,7 +95,32 @@ SPECS: dict[ConditionName, Condition] = {
         swarm=True,
         composer="legacy",
     ),
+    # LLaMA-Adapter (issue 19).
+    "llama_company": Condition(
+        "llama_company", "company LLaMA-Adapter", "company", rag=False, method="llama_adapter"
+    ),
+    "llama_user": Condition(
+        "llama_user", "company LoRA + user LLaMA-Adapter", "stack", rag=False, method="llama_adapter"
+    ),
+    "llama_rag": Condition(
+        "llama_rag", "company LoRA + user LLaMA-Adapter + RAG", "stack", rag=True, method="llama_adapter"
+    ),
+    "llama_swarm": Condition(
+        "llama_swarm",
+        "full swarm, users' LLaMA-Adapters",
+        "stack",
+        rag=True,
+        swarm=True,
+        method="llama_adapter",
+    ),
 }
+
+LLAMA_USER_PREFIX = "llama-user-"  # a user's LLaMA-Adapter is <tenant>/llama-user-<user>
+
+
+def llama_tenants_dir(tenants_dir: Path) -> Path:
+    """The tenant configurations of the llama_swarm condition (users' adapters: LLaMA-Adapters)."""
+    return tenants_dir.with_name(tenants_dir.name + "-llama")
 
 
 @dataclass
@@ -90,18 +150,24 @@ class EvalContext:
     concurrency: int
     k: int = 4
     swarm_deadline_s: float = 900.0
+    # The LLaMA-Adapters, keyed like `adapters` (issue 19's conditions).
+    llama_adapters: dict[tuple[str, str | None], str] = field(default_factory=dict)
 
 
 def adapter_stack(condition: Condition, question: EvalQuestion, ctx: EvalContext) -> list[str] | None:
     """The adapters to send, or None when one the condition needs was not published."""
     if condition.adapters == "none":
         return []
+    llama = condition.method == "llama_adapter"
+    if llama and condition.adapters == "company":
+        own = ctx.llama_adapters.get((question.tenant, None))
+        return None if own is None else [own]
     company = ctx.adapters.get((question.tenant, None))
     if company is None:
         return None
     if condition.adapters == "company" or question.user is None:
         return [company]
-    user = ctx.adapters.get((question.tenant, question.user))
+    user = (ctx.llama_adapters if llama else ctx.adapters).get((question.tenant, question.user))
     return None if user is None else [company, user]
 
 
@@ -209,6 +275,8 @@ async def _swarm_all(
 
     settings = ctx.settings.model_copy(deep=True)
     settings.orchestration.composer = condition.composer
+    if condition.method == "llama_adapter":
+        settings.orchestration.tenants_dir = llama_tenants_dir(settings.orchestration.tenants_dir)
     async with swarm(settings) as client:
 
         @client.consumer(RecommendationCompleted, group="eval-client")
