@@ -247,8 +247,11 @@ def _cold_loads(url: str) -> dict[str, float]:
     """What the model server measured loading each adapter the first time (`/admin/adapters`)."""
     import httpx
 
-    resident = httpx.get(f"{url}/admin/adapters", timeout=30).json().get("resident", [])
-    return {str(a["id"]).split("@")[0]: float(a["load_ms"]) for a in resident}
+    try:
+        resident = httpx.get(f"{url}/admin/adapters", timeout=30).json().get("resident", [])
+        return {str(a["adapter_id"]).split("@")[0]: float(a["load_ms"]) for a in resident}
+    except (httpx.HTTPError, ValueError, KeyError, TypeError):  # a cost figure missing, not a lost run
+        return {}
 
 
 async def answer_all(
