@@ -73,7 +73,10 @@ def section(report: dict[str, Any]) -> str:
     pairs = [(llama, lora) for llama, lora in LLAMA_TWINS.items() if llama in labels and lora in labels]
     t = report["timings_s"]
     lines = [
-        "## LoRA vs LLaMA-Adapter (`loraswarm eval --conditions ...,llama_company,llama_user,llama_rag,llama_swarm`)",
+        "## LoRA vs LLaMA-Adapter (`loraswarm eval --conditions "
+        + ",".join(c for pair in pairs for c in (pair[1], pair[0]))
+        + (" --quick" if report["sizes"].get("size") == "quick" else "")
+        + "`)",
         "",
         f"Machine: {describe()}. One run of `loraswarm eval` (seed {report['settings']['seed']}, "
         f"{report['sizes']['questions']} questions, {report['sizes']['training_steps']} training steps per adapter, "
@@ -136,6 +139,14 @@ def section(report: dict[str, Any]) -> str:
             f"({ll['size_kib'] / lo['size_kib']:.2f}x); training took {ll['train_s']:.0f} s against {lo['train_s']:.0f} s "
             f"({ll['train_s'] / lo['train_s']:.2f}x)."
         )
+    for method, label in (("lora", "LoRA"), ("llama_adapter", "LLaMA-Adapter")):
+        moved = [
+            a["metrics"]["start_heldout_loss"] - a["metrics"]["heldout_loss"]
+            for a in report["adapters"]
+            if a.get("method", "lora") == method and "heldout_loss" in a["metrics"]
+        ]
+        if moved:
+            lines.append(f"- Training moved {label}'s held-out loss down by {_mean(moved):.3f} on average.")
     return "\n".join(lines)
 
 
