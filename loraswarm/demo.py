@@ -38,6 +38,7 @@ from loraswarm.shared.events import (
 from loraswarm.shared.ports import free_port
 from loraswarm.shared.settings import Settings
 from loraswarm.shared.settings.paths import default_home
+from loraswarm.shared.tenants import load_tenant_file
 
 if TYPE_CHECKING:
     from loraswarm.services.model_server.engine import EngineStats
@@ -138,14 +139,18 @@ def ingest(settings: Settings, examples: Path, console: Console) -> int:
     return chunks
 
 
-def train_request_id(examples: Path, tenant: str, name: str, steps: int) -> uuid.UUID:
-    """One id per (adapter, steps, the tenant's example files): a rerun on unchanged data is the
-    same request, which the trainer recognises as already published."""
+def train_request_id(examples: Path, tenant: str, name: str, steps: int, method: str = "lora") -> uuid.UUID:
+    """One id per (adapter, steps, method, the tenant's example files): a rerun on unchanged data is
+    the same request, which the trainer recognises as already published."""
     digest = hashlib.sha256()
     for path in sorted((examples / tenant).rglob("*")):
         if path.is_file():
             digest.update(str(path.relative_to(examples)).encode() + b"\0" + path.read_bytes() + b"\0")
-    return uuid.uuid5(uuid.NAMESPACE_URL, f"loraswarm-demo:{tenant}/{name}:{steps}:{digest.hexdigest()}")
+    # LoRA's ids are those from before the method was configurable, so earlier runs are reused.
+    also = "" if method == "lora" else f":{method}"
+    return uuid.uuid5(
+        uuid.NAMESPACE_URL, f"loraswarm-demo:{tenant}/{name}:{steps}:{digest.hexdigest()}{also}"
+    )
 
 
 def train(
@@ -177,11 +182,14 @@ def train(
                 if phase == "training":
                     progress.update(task, completed=step, total=total)
 
+            # The tenant configuration chooses the method (initech's users: LLaMA-Adapter).
+            method = load_tenant_file(examples / "tenants" / f"{tenant}.yaml").adapter_method(user)
             request = AdapterTrainRequested(
-                event_id=train_request_id(examples, tenant, name, steps),
+                event_id=train_request_id(examples, tenant, name, steps, method),
                 tenant_id=tenant,
                 user_id=user,
                 name=name,
+                method=method,
                 hyperparameters={"steps": steps},
             )
             # The same request on the same data was published, or refused, by an earlier run: the

@@ -75,6 +75,16 @@ class TenantConfig(_Config):
     user_adapter_prefix: str = Field(
         default="user-", description="A user's adapter is `<tenant>/<prefix><user_id>`."
     )
+    company_adapter_method: Literal["lora", "llama_adapter"] = Field(
+        default="lora",
+        description="How the company adapter is trained: `lora` or `llama_adapter` (LLaMA-Adapter); the "
+        "model server serves both. A user adapter can be trained on top of a LoRA company adapter only.",
+    )
+    user_adapter_method: Literal["lora", "llama_adapter"] = Field(
+        default="lora",
+        description="How each user's adapter is trained; a user LLaMA-Adapter over a LoRA company "
+        "adapter is served exactly as trained (the LoRA merged, the prompt on top).",
+    )
     users: list[str] | None = Field(default=None, description="Allowed user ids; unset = any user.")
     slack_team_ids: list[str] = Field(default_factory=list, description="Slack workspaces of this tenant.")
     slack_users: dict[str, str] = Field(
@@ -130,6 +140,10 @@ class TenantConfig(_Config):
         if spec.adapter == "user" and user_id:
             return [company, f"{self.tenant_id}/{self.user_adapter_prefix}{user_id}"]
         return [company]
+
+    def adapter_method(self, user_id: str | None) -> Literal["lora", "llama_adapter"]:
+        """The method the scope's adapter is trained with: the company's, or a user's."""
+        return self.user_adapter_method if user_id else self.company_adapter_method
 
     def allows_user(self, user_id: str | None) -> bool:
         return user_id is None or self.users is None or user_id in self.users

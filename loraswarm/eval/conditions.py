@@ -12,6 +12,20 @@
 | raw_company_user | `raw-company+raw-user-<u>`: trained on raw text (the recipe before issue 13) | none | TGI `/generate` |
 | raw_adapter_rag  | as raw_company_user                 | tenant's documents   | TGI `/generate`     |
 
+LLaMA-Adapter conditions (issue 19), the same data and steps with the other method:
+
+| condition      | adapters sent to the model server     | retrieval            | path                |
+|----------------|---------------------------------------|----------------------|---------------------|
+| llama_company  | `<tenant>/company-llama`              | none                 | TGI `/generate`     |
+| llama_user     | `<tenant>/company+<tenant>/llama-user-<u>` | none            | TGI `/generate`     |
+| llama_rag      | as llama_user                         | tenant's documents   | TGI `/generate`     |
+| llama_swarm    | as swarm, users' adapters LLaMA-Adapters | planner + specialists | Kafka events   |
+
+A user's LLaMA-Adapter is trained on top of the company LoRA (the one stack both the trainer and
+the model server handle exactly: a stack holds at most one LLaMA-Adapter), so llama_user,
+llama_rag and llama_swarm differ from their LoRA twins in the user's adapter only; llama_company
+compares the company adapter itself.
+
 A company question (no user) has no user adapter: company_user and adapter_rag use the company
 adapter alone for it. Every direct condition uses the same prompt, only with or without the
 documents, and greedy decoding, so what differs is what the condition uses — nothing else.
@@ -24,6 +38,7 @@ import contextlib
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Literal
 
 from huggingface_hub import AsyncInferenceClient
@@ -33,12 +48,31 @@ from loraswarm.shared.events import Passage, RecommendationCompleted, Recommenda
 from loraswarm.shared.settings import Settings
 
 ConditionName = Literal[
-    "base", "rag", "company", "company_user", "adapter_rag", "swarm", "swarm_legacy", "raw_company_user", "raw_adapter_rag"
-]  # fmt: skip
+    "base",
+    "rag",
+    "company",
+    "company_user",
+    "adapter_rag",
+    "swarm",
+    "swarm_legacy",
+    "raw_company_user",
+    "raw_adapter_rag",
+    "llama_company",
+    "llama_user",
+    "llama_rag",
+    "llama_swarm",
+]
 CONDITIONS: tuple[ConditionName, ...] = (
     "base", "rag", "company", "company_user", "adapter_rag", "swarm", "raw_company_user", "raw_adapter_rag"
 )  # fmt: skip
-ALL_CONDITIONS: tuple[ConditionName, ...] = (*CONDITIONS, "swarm_legacy")
+# LLaMA-Adapter next to LoRA (issue 19): each with its LoRA twin.
+LLAMA_TWINS: dict[ConditionName, ConditionName] = {
+    "llama_company": "company",
+    "llama_user": "company_user",
+    "llama_rag": "adapter_rag",
+    "llama_swarm": "swarm",
+}
+ALL_CONDITIONS: tuple[ConditionName, ...] = (*CONDITIONS, "swarm_legacy", *LLAMA_TWINS)
 
 
 @dataclass(frozen=True)
@@ -52,6 +86,7 @@ class Condition:
     # `raw`: adapters trained on raw document text only (the training-set builder off): the
     # arm the builder's adapters are measured against, in the same run.
     recipe: Literal["builder", "raw"] = "builder"
+    method: Literal["lora", "llama_adapter"] = "lora"  # of the question's own adapter
 
 
 SPECS: dict[ConditionName, Condition] = {
@@ -76,7 +111,32 @@ SPECS: dict[ConditionName, Condition] = {
     "raw_adapter_rag": Condition(
         "raw_adapter_rag", "company + user adapter, raw-text recipe, + RAG", "stack", rag=True, recipe="raw"
     ),
+    # LLaMA-Adapter (issue 19).
+    "llama_company": Condition(
+        "llama_company", "company LLaMA-Adapter", "company", rag=False, method="llama_adapter"
+    ),
+    "llama_user": Condition(
+        "llama_user", "company LoRA + user LLaMA-Adapter", "stack", rag=False, method="llama_adapter"
+    ),
+    "llama_rag": Condition(
+        "llama_rag", "company LoRA + user LLaMA-Adapter + RAG", "stack", rag=True, method="llama_adapter"
+    ),
+    "llama_swarm": Condition(
+        "llama_swarm",
+        "full swarm, users' LLaMA-Adapters",
+        "stack",
+        rag=True,
+        swarm=True,
+        method="llama_adapter",
+    ),
 }
+
+LLAMA_USER_PREFIX = "llama-user-"  # a user's LLaMA-Adapter is <tenant>/llama-user-<user>
+
+
+def llama_tenants_dir(tenants_dir: Path) -> Path:
+    """The tenant configurations of the llama_swarm condition (users' adapters: LLaMA-Adapters)."""
+    return tenants_dir.with_name(tenants_dir.name + "-llama")
 
 
 @dataclass
@@ -107,19 +167,25 @@ class EvalContext:
     k: int = 4
     swarm_deadline_s: float = 900.0
     raw_adapters: dict[tuple[str, str | None], str] = field(default_factory=dict)  # the raw-text arm's
+    # The LLaMA-Adapters, keyed like `adapters` (issue 19's conditions).
+    llama_adapters: dict[tuple[str, str | None], str] = field(default_factory=dict)
 
 
 def adapter_stack(condition: Condition, question: EvalQuestion, ctx: EvalContext) -> list[str] | None:
     """The adapters to send, or None when one the condition needs was not published."""
     if condition.adapters == "none":
         return []
+    llama = condition.method == "llama_adapter"
+    if llama and condition.adapters == "company":
+        own = ctx.llama_adapters.get((question.tenant, None))
+        return None if own is None else [own]
     adapters = ctx.raw_adapters if condition.recipe == "raw" else ctx.adapters
     company = adapters.get((question.tenant, None))
     if company is None:
         return None
     if condition.adapters == "company" or question.user is None:
         return [company]
-    user = adapters.get((question.tenant, question.user))
+    user = (ctx.llama_adapters if llama else adapters).get((question.tenant, question.user))
     return None if user is None else [company, user]
 
 
@@ -227,6 +293,8 @@ async def _swarm_all(
 
     settings = ctx.settings.model_copy(deep=True)
     settings.orchestration.composer = condition.composer
+    if condition.method == "llama_adapter":
+        settings.orchestration.tenants_dir = llama_tenants_dir(settings.orchestration.tenants_dir)
     async with swarm(settings) as client:
 
         @client.consumer(RecommendationCompleted, group="eval-client")

@@ -56,6 +56,8 @@ class TrainedAdapter:
     seconds: float
     detail: str
     metrics: dict[str, float]
+    method: str = "lora"
+    nbytes: int = 0  # adapter_model.safetensors as published
 
 
 @dataclass
@@ -66,6 +68,7 @@ class EvalRun:
     adapters: list[TrainedAdapter]
     chunks: int
     timings_s: dict[str, float]
+    cold_load_ms: dict[str, float] = field(default_factory=dict)  # adapter id -> the server's first load
 
 
 def eval_settings(config: EvalConfig) -> Settings:
@@ -166,6 +169,11 @@ def write_tenant_configs(settings: Settings, questions: list[EvalQuestion]) -> N
             "default_plan": [{"specialist": "company"}],
         }
         (folder / f"{tenant}.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+        # The llama_swarm condition's: the same, users' adapters their LLaMA-Adapters (issue 19).
+        llama = conditions.llama_tenants_dir(folder)
+        llama.mkdir(parents=True, exist_ok=True)
+        config["user_adapter_prefix"] = conditions.LLAMA_USER_PREFIX
+        (llama / f"{tenant}.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
 
 
 def needed_adapters(
@@ -182,12 +190,24 @@ def needed_adapters(
     return wanted
 
 
+def needed_llama_adapters(config: EvalConfig, questions: list[EvalQuestion]) -> list[tuple[str, str | None]]:
+    """The LLaMA-Adapters issue 19's conditions ask for (a user's stacks on its company's LoRA)."""
+    kinds = {SPECS[c].adapters for c in config.conditions if SPECS[c].method == "llama_adapter"}
+    wanted: list[tuple[str, str | None]] = []
+    if "company" in kinds:
+        wanted += [(t, None) for t in sorted({q.tenant for q in questions})]
+    if "stack" in kinds:
+        wanted += sorted({(q.tenant, q.user) for q in questions if q.user})
+    return wanted
+
+
 def train(
     settings: Settings,
     config: EvalConfig,
     wanted: list[tuple[str, str | None]],
     on_done: Callable[[TrainedAdapter], None],
     recipe: str = "builder",
+    method: str = "lora",
 ) -> list[TrainedAdapter]:
     """`recipe="raw"`: the training-set builder off (raw text only), adapters named `raw-...`."""
     from loraswarm.services.trainer.pipeline import Published, Trainer
@@ -206,18 +226,42 @@ def train(
     done = []
     for tenant, user in wanted:
         name = prefix + (f"user-{user}" if user else "company")
+        if method == "llama_adapter":
+            name = f"{conditions.LLAMA_USER_PREFIX}{user}" if user else "company-llama"
         started = time.perf_counter()
         outcome = trainer.run(
-            AdapterTrainRequested(tenant_id=tenant, user_id=user, name=name, hyperparameters=hp)
+            AdapterTrainRequested(
+                tenant_id=tenant,
+                user_id=user,
+                name=name,
+                method="llama_adapter" if method == "llama_adapter" else "lora",
+                hyperparameters=hp,
+            )
         )
         seconds = time.perf_counter() - started
         if isinstance(outcome, Published):
-            item = TrainedAdapter(tenant, user, outcome.adapter_id, True, seconds, f"@{outcome.version}", outcome.metrics)  # fmt: skip
+            item = TrainedAdapter(tenant, user, outcome.adapter_id, True, seconds, f"@{outcome.version}", outcome.metrics, method, _size(outcome.uri))  # fmt: skip
         else:
-            item = TrainedAdapter(tenant, user, outcome.adapter_id, False, seconds, f"{outcome.code}: {outcome.reason}", outcome.metrics)  # fmt: skip
+            item = TrainedAdapter(tenant, user, outcome.adapter_id, False, seconds, f"{outcome.code}: {outcome.reason}", outcome.metrics, method)  # fmt: skip
         on_done(item)
         done.append(item)
     return done
+
+
+def _size(uri: str) -> int:
+    weights = Path(uri) / "adapter_model.safetensors"
+    return weights.stat().st_size if weights.is_file() else 0
+
+
+def _cold_loads(url: str) -> dict[str, float]:
+    """What the model server measured loading each adapter the first time (`/admin/adapters`)."""
+    import httpx
+
+    try:
+        resident = httpx.get(f"{url}/admin/adapters", timeout=30).json().get("resident", [])
+        return {str(a["adapter_id"]).split("@")[0]: float(a["load_ms"]) for a in resident}
+    except (httpx.HTTPError, ValueError, KeyError, TypeError):  # a cost figure missing, not a lost run
+        return {}
 
 
 async def answer_all(
@@ -273,8 +317,13 @@ def run_eval(config: EvalConfig, console: Console) -> EvalRun:
 
     console.print(f"training {len(wanted)} adapter(s), {config.steps} steps each ...")
     adapters = train(settings, config, wanted, trained)
+    llama_wanted = needed_llama_adapters(config, questions) if config.train else []
+    if llama_wanted:
+        console.print(f"training {len(llama_wanted)} LLaMA-Adapter(s), {config.steps} steps each ...")
+        adapters += train(settings, config, llama_wanted, trained, method="llama_adapter")
     timings["train"] = time.monotonic() - t0
-    published = {(a.tenant, a.user): a.adapter_id for a in adapters if a.published}
+    published = {(a.tenant, a.user): a.adapter_id for a in adapters if a.published and a.method == "lora"}
+    llama = {(a.tenant, a.user): a.adapter_id for a in adapters if a.published and a.method != "lora"}
     raw_wanted = needed_adapters(config, questions, "raw") if config.train else []
     if raw_wanted:
         t0 = time.monotonic()
@@ -299,17 +348,19 @@ def run_eval(config: EvalConfig, console: Console) -> EvalRun:
             dict(config.max_new_tokens),
             config.concurrency,
             raw_adapters=raw_published,
+            llama_adapters=llama,
         )
         console.print(
             f"answering {len(questions)} questions under {len(config.conditions)} condition(s) "
             f"({config.concurrency} at a time) ..."
         )
         answers, per_condition = asyncio.run(answer_all(ctx, config, questions, console))
+        cold = _cold_loads(url)
     timings["answer"] = time.monotonic() - t0
     timings |= {f"answer:{k}": v for k, v in per_condition.items()}
     _drop_collection(settings, tenants)
     timings["total"] = time.monotonic() - started
-    return EvalRun(config, questions, answers, adapters, chunks, timings)
+    return EvalRun(config, questions, answers, adapters, chunks, timings, cold)
 
 
 def _drop_collection(settings: Settings, tenants: list[str]) -> None:

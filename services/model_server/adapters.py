@@ -1,6 +1,9 @@
-"""Adapters at run time: read a peft LoRA from the adapter store, check it, keep the hot ones in memory.
+"""Adapters at run time: read a peft adapter from the adapter store, check it, keep the hot ones in memory.
 
-`load_lora` turns a saved peft adapter into per-module `LoraWeights` for the wrapped base model,
+`load_adapter` reads either method the manifest names: `load_lora` turns a saved peft LoRA into
+per-module `LoraWeights` for the wrapped base model, `load_llama_adapter` a saved peft
+AdaptionPrompt into per-layer prompt keys and values (services/model_server/adaption_prompt.py).
+`load_lora` refuses,
 refusing with a clear `InvalidAdapter` anything this server would apply wrongly (DoRA, trained
 biases or embeddings, modules the base model does not have, shapes that do not fit, NaNs, another
 base model). `AdapterRegistry` resolves ids against the store on every request (so a new
@@ -26,6 +29,7 @@ from typing import Any
 
 import torch
 
+from loraswarm.services.model_server.adaption_prompt import AdaptionPrompt, PromptTarget, read_prompt
 from loraswarm.services.model_server.lora import BatchedLoraLinear, LoraWeights
 from loraswarm.shared.adapter_store import (
     AdapterNotFound,
@@ -63,6 +67,8 @@ class LoadedAdapter:
     rank: int
     nbytes: int
     load_ms: float
+    method: str = "lora"  # or "llama_adapter": then `weights` is empty and `prompt` holds it
+    prompt: AdaptionPrompt | None = None
 
 
 @dataclass(frozen=True)
@@ -76,24 +82,63 @@ class LoraTarget:
     base_model_hash: str = ""
 
 
-def load_lora(version: AdapterVersion, target: LoraTarget) -> LoadedAdapter:
-    """Read and check one stored adapter version; `InvalidAdapter` says what is wrong with it."""
-    started = time.perf_counter()
-    label = version.ref.id
+SERVED_METHODS = ("lora", "llama_adapter")
+
+
+def load_adapter(version: AdapterVersion, target: LoraTarget, prompts: PromptTarget) -> LoadedAdapter:
+    """Read and check one stored adapter version of either method; `InvalidAdapter` says what is wrong."""
+    if version.manifest.method == "llama_adapter":
+        return load_llama_adapter(version, target, prompts)
+    return load_lora(version, target)
+
+
+def _check_base(version: AdapterVersion, target: LoraTarget) -> None:
     manifest = version.manifest
-    if manifest.method != "lora":
-        raise InvalidAdapter(
-            f"adapter {label} is a {manifest.method!r} adapter; this server serves LoRA only"
-        )
     if (
         target.base_model_hash
         and manifest.base_model_hash
         and manifest.base_model_hash != target.base_model_hash
     ):
         raise InvalidAdapter(
-            f"adapter {label} was trained on base model {manifest.base_model!r} "
+            f"adapter {version.ref.id} was trained on base model {manifest.base_model!r} "
             f"(hash {manifest.base_model_hash}); this server serves hash {target.base_model_hash}"
         )
+
+
+def load_llama_adapter(version: AdapterVersion, target: LoraTarget, prompts: PromptTarget) -> LoadedAdapter:
+    """Read and check one stored LLaMA-Adapter version (peft AdaptionPrompt)."""
+    started = time.perf_counter()
+    _check_base(version, target)
+    prompt = read_prompt(version, prompts)
+    label = version.ref.id
+    return LoadedAdapter(
+        id=label,
+        tenant_id=version.ref.tenant_id,
+        name=version.ref.name,
+        version=str(version.ref.version),
+        cache_key=f"{label}#{version.manifest.created_at.isoformat()}",
+        weights={},
+        rank=0,
+        nbytes=prompt.nbytes,
+        load_ms=(time.perf_counter() - started) * 1000,
+        method="llama_adapter",
+        prompt=prompt,
+    )
+
+
+def load_lora(version: AdapterVersion, target: LoraTarget) -> LoadedAdapter:
+    """Read and check one stored LoRA version; `InvalidAdapter` says what is wrong with it."""
+    started = time.perf_counter()
+    label = version.ref.id
+    manifest = version.manifest
+    if manifest.method not in SERVED_METHODS:
+        raise InvalidAdapter(
+            f"adapter {label} is a {manifest.method!r} adapter; this server serves "
+            f"{' and '.join(SERVED_METHODS)} adapters"
+        )
+    if manifest.method != "lora":
+        raise InvalidAdapter(f"adapter {label} is a {manifest.method!r} adapter, not a LoRA")
+    _check_base(version, target)
     config = _read_config(version, label)
     tensors = _read_tensors(version, label)
     weights = _module_weights(tensors, config, target, label)
@@ -121,7 +166,8 @@ def _read_config(version: AdapterVersion, label: str) -> dict[str, Any]:
         raise InvalidAdapter(f"adapter {label}: adapter_config.json is not a JSON object")
     if config.get("peft_type", "LORA") != "LORA":
         raise InvalidAdapter(
-            f"adapter {label} is a {config.get('peft_type')} adapter; this server serves LoRA only"
+            f"adapter {label}'s manifest says lora, but its adapter_config.json is a {config.get('peft_type')} "
+            "adapter; publish it again with the right method"
         )
     for key, what in _UNSUPPORTED.items():
         if config.get(key):

@@ -6,7 +6,8 @@ One engine thread owns the model. Its loop, until stopped:
 2. admit waiting requests while the batch has room (rows, token budget) and prefill them together
    in one forward pass; each gets its first token right away;
 3. run one decode step for every running sequence: one token each, in one forward pass, each row
-   with its own position, KV-cache slot and adapters;
+   with its own position, KV-cache slot and adapters (LoRA deltas in the linear layers, see
+   lora.py; LLaMA-Adapter prompts in the attention layers, see adaption_prompt.py);
 4. finished sequences leave; the last rows move into their slots.
 
 New requests therefore join between decode steps and never wait for the batch to drain. Every
@@ -29,6 +30,7 @@ from typing import Any, Literal
 import torch
 
 from loraswarm.services.model_server.adapters import LoadedAdapter
+from loraswarm.services.model_server.adaption_prompt import PromptContext, PromptSlots, PromptTarget
 from loraswarm.services.model_server.detokenize import IncrementalDetokenizer, generated_text
 from loraswarm.services.model_server.grammar import GrammarState
 from loraswarm.services.model_server.kv_cache import SlotKVCache
@@ -170,6 +172,8 @@ class BatchingEngine:
         waiting_served_ratio: float = 0.0,
         max_waiting_steps: int = 0,
         threads: int = 0,
+        prompt_context: PromptContext | None = None,
+        prompt_target: PromptTarget | None = None,
     ) -> None:
         self.model = model
         self.threads = threads
@@ -198,6 +202,9 @@ class BatchingEngine:
         self._waiting: deque[GenerationRequest] = deque()
         self._running: list[_Sequence] = []
         self.lora = LoraSlots(lora_modules, device, dtype)  # row i's adapters live in slot i
+        # LLaMA-Adapter prompts, when the model's attention layers carry the hooks (install()).
+        self.prompt_context = prompt_context
+        self.prompts = PromptSlots(prompt_target) if prompt_target is not None else None
         self._wake = threading.Condition()
         self._stop = False
         self._thread: threading.Thread | None = None
@@ -239,6 +246,8 @@ class BatchingEngine:
                     while not self._stop and not self._waiting and not self._running:
                         self.cache.release()
                         self.lora.clear()
+                        if self.prompts is not None:
+                            self.prompts.clear()
                         self._wake.wait()
                     if self._stop:
                         break
@@ -319,7 +328,9 @@ class BatchingEngine:
         mask = causal[None, None] & (key[None, None, None, :] < length_t[:, None, None, None])  # (n, 1, T, T)
         for i, r in enumerate(requests):
             self.lora.assign(first + i, [a.weights for a in r.adapters])
+            self._assign_prompt(first + i, r.adapters)
         self.lora_context.batch = self.lora.batch(first, first + n)
+        self._set_prompts(first, first + n)
         self.cache.plan_prefill(first, n)
         try:
             hidden = self.decoder(
@@ -327,6 +338,7 @@ class BatchingEngine:
             ).last_hidden_state  # (n, T, hidden)
         finally:
             self.lora_context.batch = None
+            self._set_prompts(0, 0)
         last = hidden[torch.arange(n, device=self.device), length_t - 1]  # (n, hidden)
         logits = self.lm_head(last).float()  # (n, V)
         self.stats.prefills += 1
@@ -366,6 +378,25 @@ class BatchingEngine:
         ]
         return tokens
 
+    # ------------------------------------------------------------------ LLaMA-Adapter rows
+
+    def _assign_prompt(self, slot: int, adapters: tuple[LoadedAdapter, ...]) -> None:
+        """The row's adaption prompt (at most one; `ModelServer.load_adapters` refuses more), its
+        keys and values through the row's LoRA'd k/v projections."""
+        prompt = next((a.prompt for a in adapters if a.prompt is not None), None)
+        if self.prompts is None:
+            if prompt is not None:
+                raise RuntimeError("this engine was built without LLaMA-Adapter support")
+            return
+        self.prompts.assign(slot, prompt, [a.weights for a in adapters] if prompt is not None else ())
+
+    def _set_prompts(self, start: int, stop: int) -> None:
+        """What the attention hooks apply in the next forward pass (rows [start, stop)); (0, 0): nothing."""
+        if self.prompt_context is None or self.prompts is None:
+            return
+        self.prompt_context.batch = self.prompts.batch(start, stop) if stop > start else None
+        self.prompt_context.queries.clear()
+
     # ------------------------------------------------------------------ decode
 
     def _decode(self) -> None:
@@ -379,6 +410,7 @@ class BatchingEngine:
         key = torch.arange(width, device=self.device)
         mask = (key[None, :] <= positions[:, None])[:, None, None, :]  # (B, 1, 1, W)
         self.lora_context.batch = self.lora.batch(0, b)
+        self._set_prompts(0, b)
         self.cache.plan_decode(positions, width)
         try:
             hidden = self.decoder(
@@ -390,6 +422,7 @@ class BatchingEngine:
             ).last_hidden_state  # (B, 1, hidden)
         finally:
             self.lora_context.batch = None
+            self._set_prompts(0, 0)
         logits = self.lm_head(hidden[:, -1]).float()  # (B, V)
         for s in rows:
             s.length += 1
@@ -479,12 +512,16 @@ class BatchingEngine:
         for slot, s in enumerate(self._running):
             if s.done:
                 self.lora.release(slot)
+                if self.prompts is not None:
+                    self.prompts.release(slot)
         free = [i for i, s in enumerate(self._running[: len(keep)]) if s.done]
         movers = [(i, s) for i, s in enumerate(self._running) if i >= len(keep) and not s.done]
         compacted = list(self._running[: len(keep)])
         for slot, (source, s) in zip(free, movers, strict=True):
             self.cache.move(source, slot, s.length)
             self.lora.move(source, slot)
+            if self.prompts is not None:
+                self.prompts.move(source, slot)
             compacted[slot] = s
         self._running = compacted
         assert all(not s.done for s in self._running)
@@ -494,6 +531,8 @@ class BatchingEngine:
             s.request.emit(Failed(message))
         self._running = []
         self.lora.clear()
+        if self.prompts is not None:
+            self.prompts.clear()
         with self._wake:
             waiting, self._waiting = list(self._waiting), deque()
         if self._stop:

@@ -1,7 +1,8 @@
 """The serving core: the base model with its wrapped layers, the adapter registry, the engine.
 
 `ModelServer.load(settings)` loads the base model once (CUDA when present; `model_server.dtype`),
-wraps its decoder's linear layers for per-row LoRA, and starts nothing; `start()` starts the
+wraps its decoder's linear layers for per-row LoRA, hooks its attention layers for per-row
+LLaMA-Adapter prompts, and starts nothing; `start()` starts the
 engine thread. The HTTP routes call `prepare` (validation already done: adapters and grammar
 resolved, off the event loop) and then `stream` or `complete`.
 """
@@ -19,7 +20,8 @@ from typing import Any
 import torch
 
 from loraswarm import __version__
-from loraswarm.services.model_server.adapters import AdapterRegistry, LoadedAdapter, LoraTarget, load_lora
+from loraswarm.services.model_server import adaption_prompt
+from loraswarm.services.model_server.adapters import AdapterRegistry, LoadedAdapter, LoraTarget, load_adapter
 from loraswarm.services.model_server.engine import (
     BatchingEngine,
     End,
@@ -101,9 +103,15 @@ class ModelServer:
         target = LoraTarget(
             self.lora_modules, device.name, device.dtype, self.limits.max_lora_rank, base_model_hash=model_sha
         )
+        # After the wrapping: the hooks read q_proj's output with the row's LoRA delta in it.
+        prompt_context = adaption_prompt.PromptContext()
+        adaption_prompt.install(model, prompt_context)
+        self.prompt_target = adaption_prompt.PromptTarget.of(
+            model.config, self.lora_modules, device.name, device.dtype
+        )
         self.registry = AdapterRegistry(
             AdapterStore.under(settings.data_dir),
-            lambda version: load_lora(version, target),
+            lambda version: load_adapter(version, target, self.prompt_target),
             max_resident=self.limits.max_resident_adapters,
             max_bytes=int(self.limits.max_resident_adapter_mb * 2**20),
             on_load=lambda adapter: self.metrics.adapter_load_duration.observe(adapter.load_ms / 1000),
@@ -125,6 +133,8 @@ class ModelServer:
             waiting_served_ratio=self.limits.waiting_served_ratio,
             max_waiting_steps=self.limits.max_waiting_steps,
             threads=self.limits.threads,
+            prompt_context=prompt_context,
+            prompt_target=self.prompt_target,
         )
         self.metrics = ServerMetrics(self._live_metrics)
         self._started = False
@@ -177,6 +187,13 @@ class ModelServer:
             except InvalidAdapter as exc:
                 raise AdapterUnusable(str(exc)) from exc
             loaded.append(adapter)
+        prompts = [a.id for a in loaded if a.method == "llama_adapter"]
+        if len(prompts) > 1:
+            # peft cannot stack adaption prompts, so no such pair was trained together.
+            raise AdapterUnusable(
+                f"{' and '.join(prompts)} are both LLaMA-Adapters; a stack may hold at most one "
+                "(with any LoRA adapters)"
+            )
         return tuple(loaded)
 
     def compile_grammar(self, spec: GrammarSpec) -> Any:

@@ -6,9 +6,10 @@ options; the model server refuses DoRA, so such an adapter can be trained and ev
 not served there.
 
 LLaMA-Adapter (`AdaptionPromptConfig`, Zhang et al. 2023): learned prompt tokens with a
-zero-initialised gate in the top `adapter_layers` attention layers. It has no weight delta to
-merge or to batch per row, so a user adapter cannot stack on it and the model server does not
-serve it (it says so when asked).
+zero-initialised gate in the top `adapter_layers` attention layers. The model server serves it per
+row in the same batch as LoRA rows (services/model_server/adaption_prompt.py), alone or on top of
+a company LoRA. It has no weight delta to merge, so a user adapter cannot be trained on top of a
+company LLaMA-Adapter (the trainer refuses `stack_on` naming one), and a stack holds at most one.
 """
 
 from __future__ import annotations
@@ -24,10 +25,10 @@ from loraswarm.shared.tenants import TenantConfig
 
 Method = Literal["lora", "llama_adapter"]
 
-# What the serving engines apply per request: the model server, vLLM and TGI all serve LoRA
-# only. Until one serves LLaMA-Adapter, such an adapter under a name the specialists ask for
-# would make every request of its scope fall back (or fail), so it is not published there.
-SERVABLE: frozenset[str] = frozenset({"lora"})
+# What the model server applies per request: LoRA and LLaMA-Adapter (vLLM and TGI: LoRA only).
+# An adapter of another method under a name the specialists ask for would make every request of
+# its scope fall back (or fail), so it is not published there.
+SERVABLE: frozenset[str] = frozenset({"lora", "llama_adapter"})
 
 
 def served_name(tenant_id: str, name: str, config: TenantConfig | None) -> bool:

@@ -1,7 +1,7 @@
 """A specialist against the real model server: an adapter that is not published yet.
 
 TGI would quietly run the base model for an unknown `adapter_id`; the model server answers 404
-`adapter_not_found`, and one it cannot serve (a LLaMA-Adapter) 422 `invalid_adapter`. The
+`adapter_not_found`, and one it cannot serve (one trained on another base model) 422 `invalid_adapter`. The
 specialist then answers with what exists (the company adapter alone,
 then the base model) and reports the stack that really ran, instead of failing the request.
 """
@@ -42,9 +42,10 @@ ACME = TenantConfig.model_validate(
 )
 
 
-def publish_llama_adapter(
+def publish_foreign_llama_adapter(
     factory: AdapterFactory, store: AdapterStore, folder: Path, tenant: str, name: str
 ) -> None:
+    """A LLaMA-Adapter whose manifest says it was trained on another base model: served by nobody."""
     from peft import AdaptionPromptConfig, TaskType, get_peft_model
 
     config = AdaptionPromptConfig(adapter_len=4, adapter_layers=2, task_type=TaskType.CAUSAL_LM)
@@ -52,8 +53,8 @@ def publish_llama_adapter(
     manifest = AdapterManifest(
         tenant_id=tenant,
         name=name,
-        base_model="SmolLM2-135M-Instruct",
-        base_model_hash=factory.base_hash,
+        base_model="llama-7b",
+        base_model_hash="0123456789abcdef",
         method="llama_adapter",
     )
     store.publish(folder, manifest)
@@ -68,8 +69,8 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     factory = AdapterFactory(settings, root / "src")
     store = AdapterStore.under(settings.data_dir)
     factory.publish(store, AdapterSpec("acme", "company", 8, ("q_proj", "v_proj"), seed=1))
-    # ben's is a LLaMA-Adapter, which the model server refuses to serve (422 invalid_adapter).
-    publish_llama_adapter(factory, store, root / "llama", "acme", "user-ben")
+    # ben's was trained on another base model, which the model server refuses (422 invalid_adapter).
+    publish_foreign_llama_adapter(factory, store, root / "llama", "acme", "user-ben")
     with model_server(settings) as url:
         yield url
 

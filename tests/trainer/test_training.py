@@ -10,6 +10,7 @@ import torch
 from peft import PeftModel
 from safetensors.torch import load_file
 
+from loraswarm.services.trainer import methods
 from loraswarm.services.trainer.pipeline import BaseModels, Published, Rejection, Trainer
 from loraswarm.services.trainer.scope import Scope
 from loraswarm.shared import models
@@ -122,16 +123,17 @@ def test_llama_adapter_goes_through_the_same_pipeline(trainer: Trainer, base_mod
     assert generate(served(base_models, outcome.uri), tokenizer, PROMPT)
 
 
-@pytest.mark.parametrize("name", ["company", "user-ana"])
-def test_a_llama_adapter_is_never_published_under_a_served_name(trainer: Trainer, name: str) -> None:
-    # The specialists ask for acme/company and acme/user-<id>; no engine serves a LLaMA-Adapter.
+def test_a_llama_adapter_is_published_under_a_served_name_now_the_model_server_serves_it(
+    trainer: Trainer,
+) -> None:
+    # The specialists ask for acme/company and acme/user-<id>; the model server serves LLaMA-Adapter
+    # rows (tests/model_server/test_adaption_prompt.py), so the rule of issue 17 lets it through.
     write_examples(trainer.files, Scope("acme"), "refunds.jsonl", refund_examples("Acme Rockets", 45))
-    req = request(name, steps=2, adapter_len=4, adapter_layers=4)
+    req = request("company", steps=4, adapter_len=4, adapter_layers=4, learning_rate=1e-2)
     outcome = trainer.run(req.model_copy(update={"method": "llama_adapter"}))
-    assert isinstance(outcome, Rejection) and outcome.code == "invalid_request", outcome
-    assert "cannot serve a 'llama_adapter' adapter" in outcome.reason
-    assert "method 'lora'" in outcome.reason  # it names the fix
-    assert trainer.store.versions("acme", name) == []
+    assert isinstance(outcome, Published), outcome
+    assert trainer.store.resolve("acme/company").manifest.method == "llama_adapter"
+    assert {"lora", "llama_adapter"} == methods.SERVABLE
 
 
 def test_hyperparameters_of_the_other_method_or_unknown_ones_are_refused(trainer: Trainer) -> None:

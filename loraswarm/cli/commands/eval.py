@@ -103,6 +103,10 @@ def eval_command(
     if benchmarks is not None:
         publish_section(report, out / "chart.png", benchmarks)
         console.print(f"written the personalization section of {benchmarks}")
+        from loraswarm.eval import llama_adapter
+
+        if llama_adapter.publish(report, benchmarks):
+            console.print(f"written the llama_adapter section of {benchmarks}")
 
 
 def register(app: typer.Typer, bench: typer.Typer) -> None:
