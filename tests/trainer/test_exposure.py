@@ -9,7 +9,6 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from loraswarm.services.trainer.leakage_gate import MAX_COPIES, planted_copies
 from loraswarm.services.trainer.leakage import (
     LeakageReport,
     draw_secrets,
@@ -17,6 +16,7 @@ from loraswarm.services.trainer.leakage import (
     mean_threshold,
     never_seen_mean,
 )
+from loraswarm.services.trainer.leakage_gate import MAX_COPIES, planted_copies
 
 
 def test_exposure_is_log_r_minus_log_rank() -> None:
