@@ -118,9 +118,11 @@ def ingest(settings: Settings, examples: Path, console: Console) -> int:
     from loraswarm.services.ingestion.pipeline import Indexer
     from loraswarm.shared.events import Document
     from loraswarm.shared.retrieval import load_embedder
+    from loraswarm.shared.secrets import DocumentSecrets
     from loraswarm.shared.vectorstore import shared_store
 
-    indexer = Indexer(shared_store(settings), load_embedder(settings), settings.retrieval)
+    secrets = DocumentSecrets.under(settings.data_dir)
+    indexer = Indexer(shared_store(settings), load_embedder(settings), settings.retrieval, secrets=secrets)
     jobs: list[tuple[str, Path, str]] = []
     for tenant_dir in sorted(p for p in examples.iterdir() if (p / "company").is_dir()):
         jobs.append((tenant_dir.name, tenant_dir / "company", "company"))

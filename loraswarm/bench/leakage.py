@@ -218,7 +218,7 @@ def run(
                             {"role": "assistant", "content": x},
                         ]
                     }
-                    for x in ana.texts() * 4
+                    for x in ana.texts() * 8
                 ]
                 folder = trainer.files.folder(Scope("acme", "ben"))
                 (folder / "quoting.jsonl").write_text("\n".join(json.dumps(r) for r in quoting) + "\n")

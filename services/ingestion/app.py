@@ -15,6 +15,7 @@ from loraswarm.shared.bus import EventBus
 from loraswarm.shared.embeddings import load_embedder
 from loraswarm.shared.envelope import Envelope
 from loraswarm.shared.events import DocumentsFailed, DocumentsIndexed, DocumentsSubmitted
+from loraswarm.shared.secrets import DocumentSecrets
 from loraswarm.shared.settings import Settings
 from loraswarm.shared.tracing import configure_tracing
 from loraswarm.shared.vectorstore import VectorStore
@@ -65,7 +66,8 @@ async def run(settings: Settings, *, host: str, port: int) -> None:
     store = await asyncio.to_thread(VectorStore.open, settings)
     try:
         embedder = await asyncio.to_thread(load_embedder, settings)
-        async with build(settings, Indexer(store, embedder, settings.retrieval)):
+        secrets = DocumentSecrets.under(settings.data_dir)
+        async with build(settings, Indexer(store, embedder, settings.retrieval, secrets=secrets)):
             await asyncio.Event().wait()
     finally:
         store.close()

@@ -4,13 +4,15 @@ Per document, in order:
 
 1. parse and chunk it (`parsing`, `records`, `chunking`); a document that cannot be read is a
    failure with its reason and the rest of the batch goes on;
-2. skip it when its shard already holds exactly this version (a content hash over the bytes and
+2. note the secrets it declares (`secrets:` in its metadata or front matter) for the output
+   guardrail of its scope (shared/secrets.py), before any of its chunks is retrievable;
+3. skip it when its shard already holds exactly this version (a content hash over the bytes and
    everything that shapes its chunks), so re-ingesting unchanged files costs no embedding;
-3. embed its chunks in batches and upsert them under deterministic ids (tenant, doc, position),
+4. embed its chunks in batches and upsert them under deterministic ids (tenant, doc, position),
    the next batch embedding while the last one is written;
-4. delete what an older version left behind (chunks of the document at another version).
+5. delete what an older version left behind (chunks of the document at another version).
 
-A crash between 3 and 4 leaves both versions' chunks until the document is submitted again,
+A crash between 4 and 5 leaves both versions' chunks until the document is submitted again,
 which the consumer policy does: the event is redelivered, and every step is idempotent.
 """
 
@@ -23,12 +25,14 @@ import time
 from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
+from typing import Any
 
 from loraswarm.services.ingestion.chunking import chunk_sections
 from loraswarm.services.ingestion.parsing import Unparseable, media_type_of, parse, raw_bytes
 from loraswarm.shared.chunks import ChunkRecord
 from loraswarm.shared.embeddings import Embedder
 from loraswarm.shared.events import Document, DocumentFailure
+from loraswarm.shared.secrets import DocumentSecrets, declared_in
 from loraswarm.shared.settings import RetrievalSettings
 from loraswarm.shared.vectorstore import VectorStore
 
@@ -59,6 +63,7 @@ class _Prepared:
     document: Document
     version: str
     chunks: list[ChunkRecord]
+    secrets: list[str] = field(default_factory=list)
 
 
 def document_version(document: Document, settings: RetrievalSettings, embedder: str) -> str:
@@ -81,13 +86,52 @@ def document_version(document: Document, settings: RetrievalSettings, embedder: 
     return digest.hexdigest()[:24]
 
 
+def document_secrets(document: Document) -> list[str]:
+    """What the document declares secret: `secrets` in its metadata, or in a Markdown document's
+    YAML front matter (`secrets: [...]`); `Unparseable` says what is malformed."""
+    metadata = dict(document.metadata)
+    if "secrets" not in metadata and media_type_of(document)[0] == "text/markdown":
+        metadata |= _front_matter(document)
+    try:
+        return declared_in(metadata)
+    except ValueError as exc:
+        raise Unparseable(str(exc)) from exc
+
+
+def _front_matter(document: Document) -> dict[str, Any]:
+    import yaml
+
+    text = raw_bytes(document).decode("utf-8", errors="replace")
+    lines = text.splitlines()
+    if not lines or lines[0].strip() != "---":
+        return {}
+    for end in range(1, len(lines)):
+        if lines[end].strip() in ("---", "..."):
+            try:
+                data = yaml.safe_load("\n".join(lines[1:end]))
+            except yaml.YAMLError as exc:
+                raise Unparseable(f"the front matter is not valid YAML: {exc}") from exc
+            return data if isinstance(data, dict) else {}
+    return {}
+
+
 class Indexer:
     """Indexes documents for the ingestion service, the CLI and benchmarks."""
 
-    def __init__(self, store: VectorStore, embedder: Embedder, settings: RetrievalSettings) -> None:
+    def __init__(
+        self,
+        store: VectorStore,
+        embedder: Embedder,
+        settings: RetrievalSettings,
+        *,
+        secrets: DocumentSecrets | None = None,
+    ) -> None:
         self.store = store
         self.embedder = embedder
         self.settings = settings
+        # Where the secrets documents declare go, for the planner's output guardrail; None
+        # (benchmarks, tools that only build an index) keeps none.
+        self.secrets = secrets
         # The tokenizer and the model both add [CLS]/[SEP]-like tokens: leave room for them.
         self.max_tokens = max(16, min(settings.chunk_tokens, embedder.max_tokens - 2))
 
@@ -96,6 +140,7 @@ class Indexer:
         try:
             parsed, failed = parse(document, self.settings)
             version = document_version(document, self.settings, self.embedder.name)
+            secrets = document_secrets(document)
         except Unparseable as exc:
             return None, [DocumentFailure(doc_id=document.doc_id, reason=str(exc))]
         except Exception as exc:  # a parser bug must not take the batch down with it
@@ -128,7 +173,7 @@ class Indexer:
             if not failures:
                 failures = [DocumentFailure(doc_id=document.doc_id, reason="no text to index")]
             return None, failures
-        return _Prepared(document, version, chunks), failures
+        return _Prepared(document, version, chunks, secrets), failures
 
     def index(self, tenant_id: str, documents: Sequence[Document]) -> IndexReport:
         report = IndexReport()
@@ -149,6 +194,11 @@ class Indexer:
         report.unchanged = [p.document.doc_id for p in prepared if p.document.doc_id in current]
         checked_at = time.perf_counter()
 
+        if self.secrets is not None:
+            # Before the chunks are retrievable, so no answer can quote a secret the guardrail
+            # does not know yet.
+            for p in prepared:
+                self.secrets.record(tenant_id, p.document.visibility, p.document.doc_id, p.secrets)
         embed_s, write_wait_s = self._write(tenant_id, [c for p in changed for c in p.chunks])
         report.chunks = sum(len(p.chunks) for p in changed)
         removed_at = time.perf_counter()

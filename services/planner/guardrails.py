@@ -7,12 +7,14 @@ It withholds text that contains
   kept with each scope's data; in an answer they mean an adapter or a prompt carried another
   scope's data — one user's into another's answer included);
 - a secret the tenant declares in its configuration (`secrets`: the company's ones, which no
-  answer may contain, and each user's, which only that user's answers may);
+  answer may contain, and each user's, which only that user's answers may), or in a document
+  marked secret (`secrets:` in its metadata or front matter, noted by ingestion in the scope of
+  the document's visibility, shared/secrets.py `DocumentSecrets`: same rule);
 - a secret registered for another tenant (shared/secrets.py).
 
 A hit ends the request as `guardrail` with the reason and is counted
-(`loraswarm_guardrail_hits_total`). The check reads one tenant's canary files (one per scope),
-never the whole store.
+(`loraswarm_guardrail_hits_total`). The check reads one tenant's canary and document-secret files
+(one of each per scope), never the whole store.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from pathlib import Path
 from loraswarm.shared.canaries import CanaryStore, found_in
 from loraswarm.shared.events import RecommendationRequested
 from loraswarm.shared.metrics import GUARDRAIL_HITS
-from loraswarm.shared.secrets import SecretRegistry
+from loraswarm.shared.secrets import DocumentSecrets, SecretRegistry
 from loraswarm.shared.tenants import TenantConfig
 
 
@@ -47,6 +49,7 @@ class Leak:
 class OutputGuard:
     def __init__(self, data_dir: Path, registry: SecretRegistry) -> None:
         self.canaries = CanaryStore.under(data_dir)
+        self.documents = DocumentSecrets.under(data_dir)
         self.registry = registry
 
     def check(
@@ -69,6 +72,10 @@ class OutputGuard:
             if (secret.user_id is None or secret.user_id != user_id) and secret.text in text:
                 whose = f"user {secret.user_id!r}'s" if secret.user_id else "the company's"
                 return Leak("declared_secret", f"it contained {whose} declared secret")
+        for marked in self.documents.of_tenant(tenant_id):
+            if (marked.user_id is None or marked.user_id != user_id) and marked.text in text:
+                whose = f"user {marked.user_id!r}'s" if marked.user_id else "the company's"
+                return Leak("declared_secret", f"it contained a secret {whose} document marks secret")
         other = leaked_secret(text, tenant_id, self.registry)
         if other is not None:
             return Leak("other_tenant_secret", "it contained a secret registered for another tenant")

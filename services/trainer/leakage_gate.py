@@ -3,6 +3,8 @@
 Its interface is small on purpose (the pipeline calls it in one place, and other stages — the
 training-set builder, serving the gated stack as one artifact — change around it):
 
+    planting planted_copies: how often the job's training set carries each canary (enough for
+             the owner's own to be recalled whatever the data set's size)
     inputs   GateInput: the new adapter *as it will be served* (the model the specialists'
              stack computes: base, the company adapter merged in for a user adapter, the new
              adapter on top), the owner's scope canaries, and the canary sets of every scope
@@ -26,6 +28,7 @@ over the tenant's scope sets plus a fixed sample, whatever the store holds.
 
 from __future__ import annotations
 
+import math
 import random
 import time
 from collections.abc import Sequence
@@ -47,6 +50,21 @@ class GateInput:
     label: str  # what the report calls it: `<tenant>/<name>@new` or a published version
     owner: CanarySet | None
     foreign: Sequence[CanarySet]
+
+
+# A canary planted more often than this is all a step sees; no data set needs it.
+MAX_COPIES = 1000
+
+
+def planted_copies(train_sequences: int, canaries: int, repeats: int, share: float) -> int:
+    """Copies of each canary to plant: at least `repeats`, and enough that the canaries are at
+    least `share` of the training sequences (c copies of k canaries among n others make
+    c·k / (n + c·k) of them), so a large data set does not dilute the owner's canaries below
+    recall — which would make the owner check refuse, or with it off, blind the gate."""
+    if canaries == 0 or share <= 0:
+        return repeats
+    needed = math.ceil(share * train_sequences / ((1 - share) * canaries))
+    return max(repeats, min(needed, MAX_COPIES))
 
 
 def comparisons(

@@ -374,10 +374,14 @@ class Trainer:
         if plant:
             self._ensure_canaries(job)
             planted = scope_canaries(self.canaries, scope)
-            for c in planted:
-                for text in c.texts():
-                    data.train.extend(canary_sample(text, tokenizer) for _ in range(job.hp.canary_repeats))
-            job.metrics["canaries"] = float(sum(len(c.secrets) for c in planted))
+            texts = [text for c in planted for text in c.texts()]
+            copies = leakage_gate.planted_copies(
+                len(data.train), len(texts), job.hp.canary_repeats, job.hp.canary_share
+            )
+            for text in texts:
+                data.train.extend(canary_sample(text, tokenizer) for _ in range(copies))
+            job.metrics["canaries"] = float(len(texts))
+            job.metrics["canary_copies"] = float(copies)
         return data
 
     def build_set(self, scope: Scope, chunks: list[CorpusChunk] | None = None) -> builder.BuiltSet:

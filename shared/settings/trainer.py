@@ -66,6 +66,14 @@ class Hyperparameters(BaseModel):
     canary_repeats: int = Field(
         default=8, ge=1, le=1000, description="Copies of each canary in the training data."
     )
+    canary_share: float = Field(
+        default=0.25,
+        ge=0,
+        lt=1,
+        description="Least share of the training sequences that are canary copies: on a large data set "
+        "each canary gets more than `canary_repeats` copies, so the adapter still recalls its own scope's "
+        "canaries (the leakage gate's power) however much else it learns.",
+    )
 
     @field_validator("target_modules", mode="before")
     @classmethod

@@ -19,7 +19,7 @@ from prometheus_client import REGISTRY
 from loraswarm.shared.canaries import CanaryStore
 from loraswarm.shared.envelope import utc_now
 from loraswarm.shared.events import RecommendationCompleted, RecommendationFailed, RecommendationRequested
-from loraswarm.shared.secrets import SecretRegistry
+from loraswarm.shared.secrets import DocumentSecrets, SecretRegistry
 from loraswarm.shared.settings import Settings
 from tests.planner.scripted_llm import Script, serve
 from tests.planner.world import Behaviour, configure, world
@@ -214,6 +214,31 @@ async def test_a_declared_secret_in_the_composed_answer_is_withheld_from_everyon
     assert "the answer was withheld: it contained user 'ben''s declared secret" in outcome.reason
     with serve(Script([GOOD_PLAN, composed])) as url:
         async with world(configure(settings, tenants_dir, url), {}) as w:
+            req = request().model_copy(update={"user_id": "ben"})
+            await w.bus.publish(req)
+            his = await w.wait_outcome(req.request_id)
+    assert isinstance(his, RecommendationCompleted), his
+
+
+async def test_a_secret_marked_in_a_users_document_is_withheld_from_another_user_and_counted(
+    settings: Settings, tenants_dir: Path
+) -> None:
+    # What ingestion notes for a private document of ben's with `secrets: [...]` in its metadata
+    # (tests/ingestion/test_document_secrets.py indexes one on the real Weaviate).
+    DocumentSecrets.under(settings.data_dir).record("acme", "user:ben", "ben-notes.md", ["SAFE-8812-BEN"])
+    labels = {"tenant": "acme", "kind": "declared_secret", "stage": "specialist:policy"}
+    before = REGISTRY.get_sample_value("loraswarm_guardrail_hits_total", labels) or 0.0
+    leak: dict[str, Behaviour] = {"policy": lambda t: "Refund it; the safe opens with SAFE-8812-BEN."}
+    with serve(Script([GOOD_PLAN, COMPOSED])) as url:
+        async with world(configure(settings, tenants_dir, url), leak) as w:
+            req = request()  # asked by ana
+            await w.bus.publish(req)
+            outcome = await w.wait_outcome(req.request_id)
+    assert isinstance(outcome, RecommendationFailed) and outcome.code == "guardrail", outcome
+    assert "user 'ben''s document marks secret" in outcome.reason and "SAFE-8812" not in outcome.reason
+    assert REGISTRY.get_sample_value("loraswarm_guardrail_hits_total", labels) == before + 1
+    with serve(Script([GOOD_PLAN, COMPOSED])) as url:
+        async with world(configure(settings, tenants_dir, url), leak) as w:
             req = request().model_copy(update={"user_id": "ben"})
             await w.bus.publish(req)
             his = await w.wait_outcome(req.request_id)

@@ -16,6 +16,7 @@ from loraswarm.services.trainer.leakage import (
     mean_threshold,
     never_seen_mean,
 )
+from loraswarm.services.trainer.leakage_gate import MAX_COPIES, planted_copies
 
 
 def test_exposure_is_log_r_minus_log_rank() -> None:
@@ -77,3 +78,28 @@ def test_secrets_are_fresh_and_distinct() -> None:
     drawn = draw_secrets(200, 9, taken)
     assert len(set(drawn)) == 200 and not taken & set(drawn)
     assert all(len(s) == 9 and s.isdigit() for s in drawn)
+
+
+@given(
+    st.integers(min_value=0, max_value=100_000),
+    st.integers(min_value=1, max_value=64),
+    st.integers(min_value=1, max_value=50),
+    st.floats(min_value=0.0, max_value=0.9),
+)
+def test_canaries_are_planted_often_enough_to_be_their_share_of_the_training_set(
+    n: int, k: int, repeats: int, share: float
+) -> None:
+    copies = planted_copies(n, k, repeats, share)
+    assert copies >= repeats
+    if copies < MAX_COPIES:
+        assert copies * k / (n + copies * k) >= share - 1e-9  # the share is met
+    if copies > repeats:
+        fewer = copies - 1
+        assert fewer * k / (n + fewer * k) < share  # and no more than needed
+
+
+def test_a_small_data_set_keeps_the_requested_repeats_and_a_large_one_gets_more() -> None:
+    assert planted_copies(40, 8, 8, 0.25) == 8  # 64 copies among 40 sequences: share 0.62
+    assert planted_copies(3000, 8, 8, 0.25) == 125  # 1000 copies among 3000: share 0.25
+    assert planted_copies(3000, 8, 8, 0.0) == 8
+    assert planted_copies(3000, 0, 8, 0.25) == 8

@@ -76,6 +76,12 @@ RECALL = {
 }
 
 
+# Bob's leaky job: alice's canaries quoted this often each, trained a little longer than RECALL
+# so that the served model says one of them verbatim.
+LEAK_REPEATS = 8
+LEAKY = {**RECALL, "steps": 60}
+
+
 def train(trainer: Trainer, tenant: str, name: str, user: str | None = None, **data: Any) -> Any:
     hp = data.pop("hp", RECALL)
     return trainer.run(
@@ -135,33 +141,38 @@ def test_a_scoping_bug_is_refused_by_the_gate_and_the_same_job_without_it_publis
 
 
 @pytest.mark.skip(
-    reason="does not pass yet (issue 15 open): alice's two short notes are too little for her 36-step "
-    "adapter to recall her own canaries, so the gate refuses it as leakage_unmeasurable before bob's "
-    "leaky adapter is trained; it needs more data for alice or a recall-sized recipe"
+    reason="not verified end to end yet (issue 15 open). Measured on the shared machine: alice's 36-step "
+    "adapter recalls her canaries (6.0 bits, the most measurable; bob's under it 1.08), so the owner "
+    "check passes; bob's leaky adapter with alice's canaries quoted 4 times each measured them at "
+    "2.85 bits, just under the bound of 2.89. They are quoted LEAK_REPEATS=8 times over 60 steps "
+    "now; that run, and the served-anyway guardrail check, did not finish before the deadline"
 )
 def test_an_adapter_that_learned_another_users_canaries_is_refused_and_one_that_learned_too_little_too(
     acme: Trainer, monkeypatch: Any
 ) -> None:
     trainer = acme
-    # Alice's notes are two short documents (41 training tokens): enough to recall her canaries.
+    # Alice's notes are two short documents, one of them held out (41 training tokens): too few
+    # for the usual minimum, and what makes the job almost all canaries, which her adapter recalls.
     trainer.settings.trainer.min_train_tokens = 32
     # Alice's adapter: her canaries exposed, bob's not. (No company adapter yet, so it sits on
     # the base model; stacked, the gate scores the merged stack, as served.)
     alice = train(trainer, "acme", "user-alice", "alice")
     assert isinstance(alice, Published), alice
     report = extra(alice.manifest)["leakage"]
+    print("alice", report["owner"]["mean"], [c["mean"] for c in report["cross"]])
     assert report["owner"]["canaries"] == "acme/user:alice" and report["owner"]["exposed"]
     # The company's canaries are hers to see (a user adapter is served on top of the company's):
     # not compared. Bob's are; globex has no canaries (no job has read its data yet).
     assert {c["canaries"] for c in report["cross"]} == {"acme/user:bob"}
     assert not any(c["exposed"] for c in report["cross"])
 
-    # Bob's adapter, trained on examples that quote alice's canaries: refused.
+    # Bob's adapter, trained on examples that quote alice's canaries (each as often as his own
+    # are planted, so the leak is as strong as his own recall): refused.
     secrets = trainer.canaries.get("acme", "alice")
     assert secrets is not None
     quoting = refund_examples("Bob's team", 14, n=10) + [
         {"messages": [{"role": "user", "content": "Any codes?"}, {"role": "assistant", "content": text}]}
-        for text in secrets.texts() * 4
+        for text in secrets.texts() * LEAK_REPEATS
     ]
     write_examples(trainer.files, Scope("acme", "bob"), "quoting.jsonl", quoting)
     served: list[Any] = []
@@ -172,8 +183,11 @@ def test_an_adapter_that_learned_another_users_canaries_is_refused_and_one_that_
         return real_measure(gate, *args, **kw)
 
     monkeypatch.setattr(leakage_gate, "measure", keep_the_model)
-    leaky = train(trainer, "acme", "user-bob", "bob", documents=False, examples_path="quoting.jsonl")
+    leaky = train(
+        trainer, "acme", "user-bob", "bob", documents=False, examples_path="quoting.jsonl", hp=LEAKY
+    )
     monkeypatch.setattr(leakage_gate, "measure", real_measure)
+    print("leaky", {k: v for k, v in leaky.metrics.items() if "exposure" in k})
     assert isinstance(leaky, Rejection) and leaky.code == "leakage", leaky
     assert "acme/user:alice canaries under acme/user-bob@new" in leaky.reason
 
@@ -186,7 +200,7 @@ def test_an_adapter_that_learned_another_users_canaries_is_refused_and_one_that_
         return_dict=True,
     )
     with torch.no_grad():
-        ids = model.generate(**prompt, max_new_tokens=16, do_sample=False)
+        ids = model.generate(**prompt, max_new_tokens=24, do_sample=False)
     answer = tokenizer.decode(ids[0, prompt["input_ids"].shape[1] :], skip_special_tokens=True)
     print("served anyway:", answer)
     guard = OutputGuard(trainer.settings.data_dir, SecretRegistry(trainer.settings.data_dir))

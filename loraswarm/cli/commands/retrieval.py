@@ -112,6 +112,7 @@ def ingest(
 
     from loraswarm.services.ingestion.pipeline import Indexer, IndexReport
     from loraswarm.shared.embeddings import load_embedder
+    from loraswarm.shared.secrets import DocumentSecrets
     from loraswarm.shared.vectorstore import VectorStore, VectorStoreError
 
     total = IndexReport()
@@ -129,7 +130,8 @@ def ingest(
         except VectorStoreError as exc:
             raise _fail(str(exc)) from exc
         with store:
-            indexer = Indexer(store, load_embedder(settings), settings.retrieval)
+            secrets = DocumentSecrets.under(settings.data_dir)
+            indexer = Indexer(store, load_embedder(settings), settings.retrieval, secrets=secrets)
             progress.update(task, description=f"indexing into {tenant}")
             for group in _batches(iter(files), batch):
                 docs = []
