@@ -106,8 +106,8 @@ def section(report: dict[str, Any], chart: Path) -> str:
             "writing preferences. Nothing in them can be guessed, so a right answer was learned from the tenant's data. "
             "Scoring: fact accuracy = an accepted answer appears (normalized, whole words); process recall = gold steps "
             "found, order = longest in-order run of the found steps / found; style = share of the rules followed. "
-            "LLaMA-Adapter is not compared: the trainer trains it, but the model server does not serve it "
-            "(no weight delta to batch per request), so no condition could ask for it.",
+            "LLaMA-Adapter is compared with LoRA in its own section (`bench:llama_adapter`: the same data, "
+            "its conditions llama_company, llama_user, llama_rag and llama_swarm).",
             "",
             markdown(report, chart=chart.as_posix()).rstrip(),
             "",

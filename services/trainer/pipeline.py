@@ -49,6 +49,7 @@ from loraswarm.services.trainer.errors import (
     VERDICTS,
     EmptyDataset,
     InvalidRequest,
+    NonFiniteLoss,
     QualityRegression,
     Rejected,
     ScopeViolation,
@@ -445,6 +446,15 @@ class Trainer:
             "device": self.base.device.name,
         }
         loss = heldout_loss(model, data.heldout, **kw)
+        if not math.isfinite(loss):
+            # Finite training losses, yet the last update left weights whose logits overflow: a
+            # NaN would pass every comparison after this one (NaN > bound is False) and publish.
+            raise NonFiniteLoss(
+                f"the adapter's held-out loss is {loss} after {job.hp.steps} steps: its weights give "
+                f"non-finite logits (learning_rate={job.hp.learning_rate:g}); lower the learning rate "
+                "and ask again",
+                {**job.metrics, "steps": float(job.hp.steps)},
+            )
         job.progress("evaluation", 1, total, None)
         with model.disable_adapter():
             start_loss = heldout_loss(model, data.heldout, **kw)
