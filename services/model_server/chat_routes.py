@@ -18,7 +18,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import aclosing
-from typing import Any
+from typing import Any, Protocol
 
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse, StreamingResponse
@@ -179,6 +179,38 @@ def _prompt(server: ModelServer, body: ChatRequest) -> str:
 
 
 def _parameters(body: ChatRequest, adapter_id: str | None) -> GenerateParameters:
+    return openai_parameters(
+        body,
+        adapter_id,
+        max_new_tokens=body.max_completion_tokens
+        if body.max_completion_tokens is not None
+        else body.max_tokens,
+        top_n_tokens=body.top_logprobs if body.logprobs else None,
+    )
+
+
+class OpenAISampling(Protocol):
+    """The sampling fields OpenAI's chat and completions requests share."""
+
+    temperature: float | None
+    top_p: float | None
+    frequency_penalty: float | None
+    presence_penalty: float | None
+    no_repeat_ngram_size: int | None
+    seed: int | None
+    stop: str | list[str] | None
+    response_format: ResponseFormat | None
+
+
+def openai_parameters(
+    body: OpenAISampling,
+    adapter_id: str | None,
+    *,
+    max_new_tokens: int | None,
+    top_n_tokens: int | None = None,
+) -> GenerateParameters:
+    """A TGI generate request's parameters for an OpenAI request: `temperature` 0 is greedy, any
+    other samples (as TGI maps it)."""
     greedy = body.temperature == 0.0
     stop = [body.stop] if isinstance(body.stop, str) else list(body.stop or [])
     return GenerateParameters(
@@ -189,13 +221,11 @@ def _parameters(body: ChatRequest, adapter_id: str | None) -> GenerateParameters
         frequency_penalty=body.frequency_penalty,
         presence_penalty=body.presence_penalty,
         no_repeat_ngram_size=body.no_repeat_ngram_size,
-        max_new_tokens=body.max_completion_tokens
-        if body.max_completion_tokens is not None
-        else body.max_tokens,
+        max_new_tokens=max_new_tokens,
         seed=body.seed,
         stop=stop,
         details=True,
-        top_n_tokens=body.top_logprobs if body.logprobs else None,
+        top_n_tokens=top_n_tokens,
         grammar=request_grammar(body.response_format),
     )
 

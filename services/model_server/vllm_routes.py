@@ -29,7 +29,7 @@ from fastapi.responses import JSONResponse, PlainTextResponse
 from pydantic import Field, NonNegativeInt
 
 from loraswarm.services.model_server.admin_routes import require_admin
-from loraswarm.services.model_server.chat_routes import BASE_MODEL_NAMES, request_grammar, usage
+from loraswarm.services.model_server.chat_routes import BASE_MODEL_NAMES, openai_parameters, usage
 from loraswarm.services.model_server.errors import AdapterMissing, ServingError, ValidationFailed
 from loraswarm.services.model_server.generation import ClientGone, admit, run_to_end, timing_headers
 from loraswarm.services.model_server.schemas import Body, GenerateParameters, ResponseFormat
@@ -170,19 +170,4 @@ def _prompt(body: CompletionRequest) -> str:
 
 
 def _parameters(body: CompletionRequest, adapter_id: str | None) -> GenerateParameters:
-    greedy = body.temperature == 0.0
-    stop = [body.stop] if isinstance(body.stop, str) else list(body.stop or [])
-    return GenerateParameters(
-        adapter_id=adapter_id,
-        temperature=None if greedy else body.temperature,
-        do_sample=not greedy,
-        top_p=body.top_p,
-        frequency_penalty=body.frequency_penalty,
-        presence_penalty=body.presence_penalty,
-        no_repeat_ngram_size=body.no_repeat_ngram_size,
-        max_new_tokens=body.max_tokens,
-        seed=body.seed,
-        stop=stop,
-        details=True,
-        grammar=request_grammar(body.response_format),
-    )
+    return openai_parameters(body, adapter_id, max_new_tokens=body.max_tokens)
