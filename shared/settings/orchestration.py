@@ -38,7 +38,13 @@ class OrchestrationSettings(BaseModel):
         "must be one of the server's `service_keys` for the tenants they serve. The planner sends "
         "`primary_llm_api_key`.",
     )
-    llm_timeout_s: float = Field(default=30.0, gt=0, description="Timeout of one LLM call.")
+    llm_timeout_s: float = Field(
+        default=60.0,
+        gt=0,
+        description="Timeout of one LLM call (a specialist's or the planner's), within the request's "
+        "deadline. 60 s: on 2 CPU cores a model server's first calls (grammar compilation, two "
+        "specialists at once) took over 30 s.",
+    )
     planner_concurrency: int = Field(
         default=64,
         ge=1,
