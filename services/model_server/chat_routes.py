@@ -41,7 +41,13 @@ from loraswarm.services.model_server.schemas import (
 from loraswarm.services.model_server.server import ModelServer
 
 BASE_MODEL_NAMES = frozenset({"", "tgi", "dummy"})
-_FINISH = {"eos_token": "stop", "stop_sequence": "stop", "length": "length"}
+FINISH_REASONS = {"eos_token": "stop", "stop_sequence": "stop", "length": "length"}  # TGI's -> OpenAI's
+
+
+def requested_adapter(server: ModelServer, model: str | None) -> str | None:
+    """The adapter (or stack) an OpenAI `model` names; None for the base model's names."""
+    name = model or ""
+    return None if name in BASE_MODEL_NAMES or name == server.model_id else name
 
 
 def chat_router(server: ModelServer) -> APIRouter:
@@ -50,7 +56,7 @@ def chat_router(server: ModelServer) -> APIRouter:
     @router.post("/v1/chat/completions", response_model=None)
     async def chat_completions(body: ChatRequest, request: Request) -> Response:
         model = body.model or ""
-        adapter_id = None if model in BASE_MODEL_NAMES or model == server.model_id else model
+        adapter_id = requested_adapter(server, model)
         try:
             prompt = _prompt(server, body)
             parameters = _parameters(body, adapter_id)
@@ -82,7 +88,7 @@ def chat_router(server: ModelServer) -> APIRouter:
                         async for item in tokens:
                             finish = None
                             if item.generated_text is not None and item.details is not None:
-                                finish = _FINISH[item.details.finish_reason]
+                                finish = FINISH_REASONS[item.details.finish_reason]
                                 totals = usage(item.details.input_length, item.details.generated_tokens)
                             chunk = {
                                 "id": completion_id,
@@ -154,7 +160,7 @@ def chat_router(server: ModelServer) -> APIRouter:
                     "index": 0,
                     "message": {"role": "assistant", "content": end.generated_text},
                     "logprobs": _logprobs(tokens, tops) if want_logprobs else None,
-                    "finish_reason": _FINISH[end.finish_reason],
+                    "finish_reason": FINISH_REASONS[end.finish_reason],
                 }
             ],
             "usage": usage(end.input_length, end.generated_tokens),

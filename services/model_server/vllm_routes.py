@@ -29,14 +29,17 @@ from fastapi.responses import JSONResponse, PlainTextResponse
 from pydantic import Field, NonNegativeInt
 
 from loraswarm.services.model_server.admin_routes import require_admin
-from loraswarm.services.model_server.chat_routes import BASE_MODEL_NAMES, openai_parameters, usage
+from loraswarm.services.model_server.chat_routes import (
+    FINISH_REASONS,
+    openai_parameters,
+    requested_adapter,
+    usage,
+)
 from loraswarm.services.model_server.errors import AdapterMissing, ServingError, ValidationFailed
 from loraswarm.services.model_server.generation import ClientGone, admit, run_to_end, timing_headers
 from loraswarm.services.model_server.schemas import Body, GenerateParameters, ResponseFormat
 from loraswarm.services.model_server.server import ModelServer
 from loraswarm.shared.adapter_store import AdapterNotFound, AdapterRef, parse_adapter_id
-
-_FINISH = {"eos_token": "stop", "stop_sequence": "stop", "length": "length"}
 
 
 class CompletionRequest(Body):
@@ -73,7 +76,7 @@ def vllm_router(server: ModelServer) -> APIRouter:
     @router.post("/v1/completions", response_model=None)
     async def completions(body: CompletionRequest, request: Request) -> Response:
         model = body.model or ""
-        adapter_id = None if model in BASE_MODEL_NAMES or model == server.model_id else model
+        adapter_id = requested_adapter(server, model)
         try:
             prompt = _prompt(body)
             parameters = _parameters(body, adapter_id)
@@ -98,7 +101,7 @@ def vllm_router(server: ModelServer) -> APIRouter:
                     "index": 0,
                     "text": end.generated_text,
                     "logprobs": None,
-                    "finish_reason": _FINISH[end.finish_reason],
+                    "finish_reason": FINISH_REASONS[end.finish_reason],
                     "stop_reason": None,
                 }
             ],
