@@ -63,7 +63,9 @@ def planted_copies(train_sequences: int, canaries: int, repeats: int, share: flo
     recall — which would make the owner check refuse, or with it off, blind the gate."""
     if canaries == 0 or share <= 0:
         return repeats
-    needed = math.ceil(share * train_sequences / ((1 - share) * canaries))
+    # The smallest c with c·k / (n + c·k) >= share. The 1e-9: in floats 0.9·1 / (0.1·1) is
+    # 9.000000000000002, which a bare ceil makes 10 copies, one more than the share needs.
+    needed = math.ceil(share * train_sequences / ((1 - share) * canaries) - 1e-9)
     return max(repeats, min(needed, MAX_COPIES))
 
 

@@ -8,7 +8,6 @@ is on raw logits, teacher-forced through peft itself, fp32 on the CPU, within th
 
 from __future__ import annotations
 
-import asyncio
 import copy
 import json
 from collections.abc import Iterator
@@ -30,7 +29,15 @@ from loraswarm.services.model_server.server import Generation
 from loraswarm.shared.adapter_store import AdapterManifest, AdapterVersion, InvalidAdapter
 from loraswarm.shared.settings import Settings
 from tests.model_server.conftest import Served, small_limits
-from tests.model_server.test_batching import LOGIT_TOL, PROMPT, generate, ids, logits, max_diff
+from tests.model_server.test_batching import (
+    LOGIT_TOL,
+    PROMPT,
+    generate,
+    generate_together,
+    ids,
+    logits,
+    max_diff,
+)
 
 
 @dataclass(frozen=True)
@@ -168,7 +175,7 @@ async def test_llama_adapter_lora_and_base_rows_share_one_forward_pass_exactly(
         ("initech/legal",),
     ]
     alone = [await generate(server, PROMPT, a, max_new_tokens=6) for a in plan]
-    together = await asyncio.gather(*(generate(server, PROMPT, a, max_new_tokens=6) for a in plan))
+    together = await generate_together(server, [(PROMPT, a, 6) for a in plan])
     for adapters, a, t in zip(plan, alone, together, strict=True):
         assert max(t.batch_sizes) == len(plan), f"{adapters} did not share the batch: {t.batch_sizes}"
         assert ids(t) == ids(a), adapters
@@ -190,7 +197,7 @@ async def test_rows_leaving_move_their_prompts_with_them(served: Served, prompts
         (("globex/llama",), 8),
     ]
     alone = [await generate(server, PROMPT, a, max_new_tokens=n) for a, n in plan]
-    together = await asyncio.gather(*(generate(server, PROMPT, a, max_new_tokens=n) for a, n in plan))
+    together = await generate_together(server, [(PROMPT, a, n) for a, n in plan])
     assert max(together[2].batch_sizes) == 4 and together[2].batch_sizes[-1] == 2
     for a, t in zip(alone, together, strict=True):
         assert ids(a) == ids(t)

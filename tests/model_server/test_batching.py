@@ -18,7 +18,7 @@ from peft import PeftModel
 
 from loraswarm.services.model_server.engine import Generated
 from loraswarm.services.model_server.schemas import GenerateParameters
-from loraswarm.services.model_server.server import Generation, ModelServer
+from loraswarm.services.model_server.server import Generation, ModelServer, Prepared
 from loraswarm.services.model_server.validation import validate
 from tests.model_server.conftest import Served
 
@@ -26,15 +26,9 @@ LOGIT_TOL = 1e-3
 PROMPT = "The three most important things when onboarding a new customer are"
 
 
-async def generate(
-    server: ModelServer,
-    prompt: str,
-    adapters: tuple[str, ...] = (),
-    *,
-    max_new_tokens: int = 10,
-    started: asyncio.Event | None = None,
-) -> Generation:
-    """Greedy generation through the engine, with every step's raw logits recorded."""
+async def prepare(
+    server: ModelServer, prompt: str, adapters: tuple[str, ...] = (), *, max_new_tokens: int = 10
+) -> Prepared:
     valid = validate(
         prompt,
         GenerateParameters(max_new_tokens=max_new_tokens),
@@ -42,7 +36,11 @@ async def generate(
         tokenizer=server.tokenizer,
     )
     tenant = adapters[0].split("/")[0] if adapters else None
-    prepared = await server.prepare(valid, adapters, tenant, record_logits=True)
+    return await server.prepare(valid, adapters, tenant, record_logits=True)
+
+
+async def run(server: ModelServer, prepared: Prepared, started: asyncio.Event | None = None) -> Generation:
+    """Greedy generation through the engine, with every step's raw logits recorded."""
     result = Generation()
     async for event in server.stream(prepared):
         if started is not None:
@@ -55,6 +53,30 @@ async def generate(
         result.batch_sizes.append(event.batch_size)
         result.end = event.end
     return result
+
+
+async def generate(
+    server: ModelServer,
+    prompt: str,
+    adapters: tuple[str, ...] = (),
+    *,
+    max_new_tokens: int = 10,
+    started: asyncio.Event | None = None,
+) -> Generation:
+    return await run(server, await prepare(server, prompt, adapters, max_new_tokens=max_new_tokens), started)
+
+
+async def generate_together(
+    server: ModelServer, requests: list[tuple[str, tuple[str, ...], int]]
+) -> list[Generation]:
+    """(prompt, adapters, max new tokens) each, submitted in one event-loop turn so they share a batch.
+
+    Preparing loads adapters in worker threads, which finish in any order: a request whose
+    adapters load late would join the batch a step later, and the test would not see the batch
+    it arranged. So every request is prepared first, then all are streamed at once.
+    """
+    prepared = await asyncio.gather(*(prepare(server, p, a, max_new_tokens=n) for p, a, n in requests))
+    return list(await asyncio.gather(*(run(server, r) for r in prepared)))
 
 
 def ids(g: Generation) -> list[int]:
@@ -131,7 +153,7 @@ async def test_tenants_in_one_batch_never_get_each_others_deltas(served: Served)
     server = served.server
     pairs = [("acme/support",), ("globex/support",), ("initech/legal",)]
     alone = {p: await generate(server, PROMPT, p) for p in pairs}
-    together = await asyncio.gather(*(generate(server, PROMPT, p) for p in pairs))
+    together = await generate_together(server, [(PROMPT, p, 10) for p in pairs])
     prompt_ids = server.tokenizer(PROMPT)["input_ids"]
     for pair, mixed in zip(pairs, together, strict=True):
         assert max(mixed.batch_sizes) == len(pairs), "the three tenants did not run in one forward pass"
@@ -166,9 +188,7 @@ async def test_many_rows_of_one_adapter_and_base_rows_agree_with_running_alone(
     ][:n]
     adapters = [("globex/support",) if i % 2 else () for i in range(n)]
     alone = [await generate(server, p, a, max_new_tokens=6) for p, a in zip(prompts, adapters, strict=True)]
-    together = await asyncio.gather(
-        *(generate(server, p, a, max_new_tokens=6) for p, a in zip(prompts, adapters, strict=True))
-    )
+    together = await generate_together(server, [(p, a, 6) for p, a in zip(prompts, adapters, strict=True)])
     for a, t in zip(alone, together, strict=True):
         assert ids(a) == ids(t)
         assert max_diff(a, t) < LOGIT_TOL
@@ -184,7 +204,7 @@ async def test_rows_moved_into_freed_slots_keep_their_own_cache_and_adapters(ser
         (("acme/support", "acme/user-7"), 12),
     ]
     alone = [await generate(server, PROMPT, a, max_new_tokens=n) for a, n in plan]
-    together = await asyncio.gather(*(generate(server, PROMPT, a, max_new_tokens=n) for a, n in plan))
+    together = await generate_together(server, [(PROMPT, a, n) for a, n in plan])
     assert (
         max(together[2].batch_sizes) == 4 and together[2].batch_sizes[-1] == 2
     )  # ran with all, ended in pairs
