@@ -141,7 +141,7 @@ class EventBus:
         names = [topic_of(m) for m in handlers]
         self.broker.subscriber(
             *by_topic,
-            group_id=group,
+            group_id=self.settings.kafka.group(group),
             batch=True,
             max_records=500,
             # FastStream sleeps this long again after an empty poll: short, or every idle hop waits.

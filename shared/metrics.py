@@ -192,7 +192,9 @@ class ConsumerLagMonitor:
                 return lags
             ends: dict[Any, int] = await consumer.end_offsets(partitions)
             for group in self.groups:
-                committed = await admin.list_consumer_group_offsets(group, partitions=partitions)
+                committed = await admin.list_consumer_group_offsets(
+                    self.kafka.group(group), partitions=partitions
+                )
                 for tp in partitions:
                     meta = committed.get(tp)
                     # A group that never committed a partition has all of it ahead of it.

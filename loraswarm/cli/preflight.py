@@ -15,7 +15,6 @@ import socket
 import httpx
 
 from loraswarm.shared.settings import Settings
-from loraswarm.shared.topics import prefixed
 
 PLANNER_GROUP = "planner"  # services/planner/app.py GROUP (the cli may not import a service's app)
 CHECK_TIMEOUT_S = 2.0
@@ -54,17 +53,15 @@ async def _planner_members(settings: Settings) -> int:
     )
     await admin.start()
     try:
-        topic = prefixed("recommendation.requested", settings.kafka.topic_prefix)
-        described = await admin.describe_consumer_groups([PLANNER_GROUP])
+        group_id = settings.kafka.group(PLANNER_GROUP)
+        described = await admin.describe_consumer_groups([group_id])
         members = 0
         for response in described:
             for group in response.groups:
-                # (error_code, group_id, state, protocol_type, protocol, members); a member is
-                # (member_id, client_id, client_host, subscription, assignment). Every topic
-                # prefix shares the group name: count the members subscribed to this prefix's
-                # topic (the subscription lists topic names as plain strings).
-                if group[1] == PLANNER_GROUP and group[2] == "Stable":
-                    members += sum(1 for m in group[5] if topic.encode() in bytes(m[3]))
+                # (error_code, group_id, state, protocol_type, protocol, members): the group's
+                # id carries the topic prefix, so its members are this prefix's planners.
+                if group[1] == group_id and group[2] == "Stable":
+                    members += len(group[5])
         return members
     finally:
         await admin.close()

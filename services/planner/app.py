@@ -75,11 +75,12 @@ def ownership(service: PlannerService) -> Callable[[str], bool]:
     if not isinstance(store, KafkaStateStore):
         return lambda tenant_id: True
     topic = service.bus.topic(RecommendationRequested.event_type)
+    group = service.bus.settings.kafka.group(GROUP)
 
     def owned(tenant_id: str) -> bool:
         for subscriber in service.bus.broker.subscribers:
             consumer = getattr(subscriber, "consumer", None)
-            if getattr(subscriber, "group_id", None) == GROUP and consumer is not None:
+            if getattr(subscriber, "group_id", None) == group and consumer is not None:
                 return TopicPartition(topic, store.partition_of(tenant_id)) in consumer.assignment()
         return False
 

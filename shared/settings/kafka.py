@@ -27,7 +27,8 @@ class KafkaSettings(BaseModel):
     ssl_certfile: Path | None = Field(default=None, description="Client certificate for mutual TLS.")
     ssl_keyfile: Path | None = Field(default=None, description="Client private key for mutual TLS.")
     topic_prefix: str = Field(
-        default="", description="Prefix put before every topic name, to share a cluster."
+        default="",
+        description="Prefix put before every topic name and consumer group id, to share a cluster.",
     )
     partitions: int = Field(default=6, ge=1, description="Partitions of each topic the project creates.")
     replication_factor: int = Field(
@@ -50,3 +51,9 @@ class KafkaSettings(BaseModel):
     retry_backoff_s: float = Field(
         default=0.2, ge=0, description="First pause between handler attempts; doubles each time."
     )
+
+    def group(self, name: str) -> str:
+        """The Kafka group id of the project's consumer group `name` under this topic prefix: two
+        deployments (or two test runs) sharing a cluster must not share a group, or each one's
+        members join the other's rebalances and the lag monitor reads the other's offsets."""
+        return f"{self.topic_prefix}{name}"

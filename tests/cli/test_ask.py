@@ -66,7 +66,7 @@ def test_a_planner_counts_only_when_it_consumes_this_prefix(kafka_bootstrap: str
         consumer = AIOKafkaConsumer(
             f"{settings.kafka.topic_prefix}recommendation.requested",
             bootstrap_servers=kafka_bootstrap,
-            group_id=preflight.PLANNER_GROUP,
+            group_id=settings.kafka.group(preflight.PLANNER_GROUP),
         )
         await consumer.start()
         try:
