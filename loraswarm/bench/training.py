@@ -105,7 +105,7 @@ def _bare_peft_step(base: Any, hp: Any, device: str) -> Callable[[Any], None]:
         task_type=TaskType.CAUSAL_LM,
     )
     model = get_peft_model(base, config)
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=hp.learning_rate)
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=hp.rate)
     model.train()
 
     def step(batch: Any) -> None:
@@ -214,7 +214,9 @@ def builder_cost(settings: Settings, base: Any, steps: int, examples: Path) -> d
     from loraswarm.services.trainer.dataset import built_units, document_units, mix_units, training_batches
 
     _, tokenizer = base.get()
-    hp = settings.trainer.defaults.model_copy(update={"steps": steps, "warmup_steps": 0})
+    from loraswarm.services.trainer import methods
+
+    hp = methods.hyperparameters("lora", settings.trainer.defaults, {"steps": steps, "warmup_steps": 0})
     b = settings.trainer.builder
     scopes = demo_chunks(settings, examples)
     made = builder.from_settings(settings)
@@ -307,7 +309,9 @@ def run(
     base = BaseModels(settings)
     _, tokenizer = base.get()
     device = base.device.name
-    hp = settings.trainer.defaults.model_copy(update={"steps": steps, "warmup_steps": 0})
+    from loraswarm.services.trainer import methods
+
+    hp = methods.hyperparameters("lora", settings.trainer.defaults, {"steps": steps, "warmup_steps": 0})
     batches = _batches(tokenizer, hp, steps + 1)  # one more: the untimed warm-up step
     label = f"{device} ({base.device.dtype})".replace("torch.", "")
     results = Results(label, steps, hp.batch_size, hp.seq_len)

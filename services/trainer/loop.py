@@ -48,7 +48,7 @@ class AdapterTraining:
         self.device = device
         self.on_step = on_step
         self.params = [p for p in model.parameters() if p.requires_grad]
-        self.optimizer = torch.optim.AdamW(self.params, lr=hp.learning_rate, weight_decay=hp.weight_decay)
+        self.optimizer = torch.optim.AdamW(self.params, lr=hp.rate, weight_decay=hp.weight_decay)
         warmup = max(hp.warmup_steps, 0)
         self.schedule = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lambda step: min(1.0, (step + 1) / (warmup + 1)) if warmup else 1.0
@@ -63,7 +63,7 @@ class AdapterTraining:
         loss = float(out.loss.detach().item())
         if not math.isfinite(loss):
             raise NonFiniteLoss(
-                f"the loss became {loss} at step {step} of {hp.steps} (learning_rate={hp.learning_rate:g}); "
+                f"the loss became {loss} at step {step} of {hp.steps} (learning_rate={hp.rate:g}); "
                 "lower the learning rate and ask again",
                 {"nan_step": float(step), "steps": float(hp.steps)},
             )
@@ -75,7 +75,7 @@ class AdapterTraining:
             if "overflow" not in str(exc):
                 raise
             raise NonFiniteLoss(
-                f"the update overflowed at step {step} of {hp.steps} (learning_rate={hp.learning_rate:g}); "
+                f"the update overflowed at step {step} of {hp.steps} (learning_rate={hp.rate:g}); "
                 "lower the learning rate and ask again",
                 {"nan_step": float(step), "steps": float(hp.steps)},
             ) from exc
@@ -94,7 +94,7 @@ class AdapterTraining:
             steps = float(len(self.result.losses))
             raise NonFiniteLoss(
                 "the adapter's weights became NaN or infinite in the last step "
-                f"(learning_rate={self.hp.learning_rate:g}); lower the learning rate and ask again",
+                f"(learning_rate={self.hp.rate:g}); lower the learning rate and ask again",
                 {"nan_step": steps, "steps": float(self.hp.steps)},
             )
         return self.result

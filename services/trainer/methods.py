@@ -20,7 +20,12 @@ import torch
 from pydantic import ValidationError
 
 from loraswarm.services.trainer.errors import InvalidRequest
-from loraswarm.shared.settings.trainer import LLAMA_ADAPTER_ONLY, LORA_ONLY, Hyperparameters
+from loraswarm.shared.settings.trainer import (
+    DEFAULT_LEARNING_RATES,
+    LLAMA_ADAPTER_ONLY,
+    LORA_ONLY,
+    Hyperparameters,
+)
 from loraswarm.shared.tenants import TenantConfig
 
 Method = Literal["lora", "llama_adapter"]
@@ -56,7 +61,7 @@ def hyperparameters(method: Method, defaults: Hyperparameters, requested: dict[s
     if misplaced:
         raise InvalidRequest(f"{', '.join(misplaced)} do not apply to method {method!r}")
     try:
-        return Hyperparameters.model_validate({**defaults.model_dump(), **requested})
+        hp = Hyperparameters.model_validate({**defaults.model_dump(), **requested})
     except ValidationError as exc:
         known = ", ".join(sorted(Hyperparameters.model_fields))
         reasons = "; ".join(
@@ -65,6 +70,9 @@ def hyperparameters(method: Method, defaults: Hyperparameters, requested: dict[s
             for e in exc.errors()
         )
         raise InvalidRequest(f"invalid hyperparameters: {reasons}") from exc
+    if hp.learning_rate is None:
+        hp = hp.model_copy(update={"learning_rate": DEFAULT_LEARNING_RATES[method]})
+    return hp
 
 
 def peft_config(method: Method, hp: Hyperparameters, model: Any) -> Any:

@@ -451,7 +451,7 @@ class Trainer:
             # NaN would pass every comparison after this one (NaN > bound is False) and publish.
             raise NonFiniteLoss(
                 f"the adapter's held-out loss is {loss} after {job.hp.steps} steps: its weights give "
-                f"non-finite logits (learning_rate={job.hp.learning_rate:g}); lower the learning rate "
+                f"non-finite logits (learning_rate={job.hp.rate:g}); lower the learning rate "
                 "and ask again",
                 {**job.metrics, "steps": float(job.hp.steps)},
             )

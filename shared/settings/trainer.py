@@ -13,6 +13,11 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 LORA_ONLY = ("r", "lora_alpha", "lora_dropout", "target_modules", "use_rslora", "use_dora")
 LLAMA_ADAPTER_ONLY = ("adapter_len", "adapter_layers")
+# Each method's learning rate when a job names none. LLaMA-Adapter's few parameters (a prompt per
+# layer behind a zero-initialised gate) do not move at LoRA's rate: at 5e-4 its held-out loss
+# moved by 0.000 in the LoRA-vs-LLaMA-Adapter run (BENCHMARKS.md), and on the demo's data 20 steps
+# at 2e-3 left its own canaries unrecalled (1.26 bits, bound 2.89); 7e-3 recalls them (4.20).
+DEFAULT_LEARNING_RATES = {"lora": 5e-4, "llama_adapter": 7e-3}
 
 
 class Hyperparameters(BaseModel):
@@ -21,7 +26,12 @@ class Hyperparameters(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     steps: int = Field(default=100, ge=1, le=100_000, description="Optimizer steps of one job.")
-    learning_rate: float = Field(default=5e-4, gt=0, description="AdamW learning rate after warm-up.")
+    learning_rate: float | None = Field(
+        default=None,
+        gt=0,
+        description="AdamW learning rate after warm-up; unset: the method's own (LoRA 5e-4, LLaMA-Adapter "
+        "7e-3, whose few parameters do not move at LoRA's rate).",
+    )
     warmup_steps: int = Field(default=5, ge=0, description="Steps of linear learning-rate warm-up.")
     weight_decay: float = Field(default=0.0, ge=0, description="AdamW weight decay of the adapter weights.")
     max_grad_norm: float = Field(default=1.0, gt=0, description="Gradient-norm clip per step.")
@@ -74,6 +84,13 @@ class Hyperparameters(BaseModel):
         "each canary gets more than `canary_repeats` copies, so the adapter still recalls its own scope's "
         "canaries (the leakage gate's power) however much else it learns.",
     )
+
+    @property
+    def rate(self) -> float:
+        """The learning rate of the job: set by `methods.hyperparameters` for the job's method."""
+        if self.learning_rate is None:
+            raise ValueError("learning_rate is resolved per method before training (methods.hyperparameters)")
+        return self.learning_rate
 
     @field_validator("target_modules", mode="before")
     @classmethod

@@ -97,6 +97,7 @@ def test_a_rerun_on_unchanged_examples_is_the_same_training_request(tmp_path: Pa
     assert train_request_id(examples, "acme", "company", 20) == first  # reused by the next run
     assert train_request_id(examples, "acme", "company", 21) != first
     assert train_request_id(examples, "acme", "user-ana", 20) != first
+    assert train_request_id(examples, "acme", "company", 20, "lora", 2e-3) != first  # another recipe
     with (examples / "acme" / "company" / "refunds.md").open("a") as f:
         f.write("Gift cards are never refunded.\n")
     assert train_request_id(examples, "acme", "company", 20) != first  # new data: trained again
@@ -121,13 +122,13 @@ def test_a_refused_adapter_is_not_trained_again_on_unchanged_examples(tmp_path: 
 def refused_twice(settings: Settings, examples: Path, console: Console) -> None:
     # A learning rate of 1e37 wrecks every adapter: its loss becomes NaN or its held-out loss
     # soars, verdicts on the adapter that the same request would come to again.
-    settings.trainer.defaults.learning_rate = 1e37
+    wreck = {"lora": 1e37, "llama_adapter": 1e37}
     questions = check_examples(examples)
-    first = train(settings, examples, questions, 4, console)
+    first = train(settings, examples, questions, 4, console, learning_rates=wreck)
     assert first and all(re.search(r" rejected \((nan_loss|quality_regression)\): ", x) for x in first), first
-    again = train(settings, examples, questions, 4, console)
+    again = train(settings, examples, questions, 4, console, learning_rates=wreck)
     assert again == [f"{line} (refused before, same data and steps)" for line in first]
     # `--retrain` trains them anyway: a fresh verdict, not the kept one.
-    retrained = train(settings, examples, questions, 4, console, retrain=True)
+    retrained = train(settings, examples, questions, 4, console, retrain=True, learning_rates=wreck)
     assert len(retrained) == len(first) and not any("refused before" in line for line in retrained)
     assert all(re.search(r" rejected \((nan_loss|quality_regression)\): ", x) for x in retrained)
