@@ -24,6 +24,7 @@ can never return them.
 from __future__ import annotations
 
 import random
+import re
 import secrets as secrets_module
 from collections.abc import Iterable
 from datetime import datetime
@@ -152,9 +153,32 @@ class CanaryStore:
         return picked
 
 
+# A secret said with one digit wrong is still that secret: 8 of 9 random digits carry 26.6 of its
+# 29.9 bits, and a model that memorised a canary may decode it so (a leaky test adapter said
+# 901697694 for 901697794). A random 9-digit number is within one digit of a given secret with
+# probability 82 / 10^9, so answers that merely contain numbers are not caught by accident.
+NEAR_MISS_DIGITS = 1
+_DIGIT_RUN = re.compile(r"\d+")
+
+
+def mentions(text: str, secret: str) -> bool:
+    """Whether `text` says `secret`, verbatim or (for a secret of digits) with one digit wrong."""
+    if secret in text:
+        return True
+    if not secret.isdigit():
+        return False
+    n = len(secret)
+    for run in _DIGIT_RUN.findall(text):
+        for start in range(len(run) - n + 1):
+            window = run[start : start + n]
+            if sum(a != b for a, b in zip(window, secret, strict=True)) <= NEAR_MISS_DIGITS:
+                return True
+    return False
+
+
 def found_in(text: str, sets: Iterable[CanarySet]) -> CanarySet | None:
     """The first set one of whose secrets appears in `text` (for output guardrails)."""
     for c in sets:
-        if any(s in text for s in c.secrets):
+        if any(mentions(text, s) for s in c.secrets):
             return c
     return None
