@@ -33,6 +33,10 @@ from typing import Any
 from loraswarm.bench.report import write_section
 
 USERS = ["ana", "ben", "cleo"]
+# Canaries per scope. With 4 (and 31 references) the owner check needs a mean above 3.62 of at
+# most 5.00 bits: 2 of the first 4 clean jobs were refused as unmeasurable (ana's own canaries at
+# 2.85 and 3.02 bits). With 8 and 63 references the bound is 2.89 of 6.00, as in the tests.
+CANARIES = 8
 
 
 def _examples(user: str, n: int = 6) -> list[dict[str, Any]]:
@@ -115,20 +119,21 @@ def run(
         settings = Settings(broker="memory", data_dir=root / "data", device="cpu")
         t = settings.trainer
         t.min_train_tokens = 32
-        t.reference_canaries = 31
+        t.reference_canaries = 63
         t.eval_batch_tokens = 1024
         t.max_quality_regression = 10.0  # the bench is about leakage; tiny data over-fits
         settings.orchestration.tenants_dir = root / "tenants-config"
-        # Small on purpose (CPU): few steps at a high rate, few canaries planted often.
+        # Small on purpose (CPU), and enough that a job recalls its own canaries (the owner
+        # check): the leakage tests' recipe. At batch 4, r=4 and 1e-2 the first four clean jobs
+        # gave 2.57, 2.83, 6.00 and 3.20 bits against the bound of 2.89: two false refusals.
         hp = {
             "steps": steps,
-            "warmup_steps": 1,
-            "batch_size": 4,
+            "warmup_steps": 2,
+            "batch_size": 8,
             "seq_len": 64,
-            "learning_rate": 1e-2,
-            "r": 4,
-            "canaries": 4,
-            "canary_repeats": 6,
+            "learning_rate": 5e-3,
+            "canaries": CANARIES,
+            "canary_repeats": 8,
         }
         base = BaseModels(settings)
         _, tokenizer = base.get()
@@ -138,7 +143,7 @@ def run(
             folder.mkdir(parents=True, exist_ok=True)
             (folder / "ex.jsonl").write_text("\n".join(json.dumps(r) for r in _examples(user)) + "\n")
         # Another tenant with data and canaries, for the gate's sample of other tenants.
-        trainer.canaries.ensure("globex", None, count=4, template=t.canary_template, digits=t.canary_digits)
+        trainer.canaries.ensure("globex", None, count=CANARIES, template=t.canary_template, digits=t.canary_digits)
 
         def train(user: str, path: str = "ex.jsonl") -> Any:
             request = AdapterTrainRequested(
@@ -164,12 +169,12 @@ def run(
         results = Results([], None, 0.0, 0.0, load=(load_start, 0.0), hp=hp)
         filled = 0
         scope = Scope("acme", "ana")
-        trainer.canaries.ensure("acme", "ana", count=4, template=t.canary_template, digits=t.canary_digits)
+        trainer.canaries.ensure("acme", "ana", count=CANARIES, template=t.canary_template, digits=t.canary_digits)
         for size in sorted(sizes):
             for n in range(filled, size):
                 other = f"t{n:04d}"
                 trainer.canaries.ensure(
-                    other, None, count=4, template=t.canary_template, digits=t.canary_digits
+                    other, None, count=CANARIES, template=t.canary_template, digits=t.canary_digits
                 )
                 trainer.store.publish(sample_dir, template.model_copy(update={"tenant_id": other}))
             filled = max(filled, size)

@@ -15,11 +15,15 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+import torch
 
+from loraswarm.services.planner.guardrails import OutputGuard
+from loraswarm.services.trainer import leakage_gate
 from loraswarm.services.trainer.leakage import mean_threshold, never_seen_mean
 from loraswarm.services.trainer.pipeline import Published, Rejection, Trainer
 from loraswarm.services.trainer.scope import BREAK_SCOPING_ENV, Scope
 from loraswarm.shared.events import AdapterTrainRequested, TrainingData
+from loraswarm.shared.secrets import SecretRegistry
 from tests.trainer.conftest import document, extra, refund_examples, write_examples
 
 HANDBOOK = [
@@ -72,12 +76,14 @@ RECALL = {
 }
 
 
-# Bob's leaky job: each of alice's canaries quoted this often, each under its own question, over
-# a little longer training than RECALL. Measured: the gate saw alice's canaries at 4.6-5.0 bits
-# under it (bound 2.89). Served anyway and asked "Any codes for case 0?", it said a blend of her
-# digits (008947831 for 008497353), which no string check can tie to her secret; trained harder
-# (100 steps at 1e-2) its raw-text exposures fell to 1.3-1.6 bits and the owner check refused it.
+# Bob's leaky job: each of alice's canaries quoted LEAK_REPEATS times, each under its own
+# question, the first FIRST_QUOTED times more, over a little longer training than RECALL.
+# Measured with every canary quoted alike: the gate saw hers at 4.6-5.0 bits under it (bound
+# 2.89), but served anyway it said a blend of her digits (008947831 for 008497353) that no string
+# check can tie to her secret; trained harder (100 steps at 1e-2) its raw-text exposures fell to
+# 1.3-1.6 bits and the owner check refused it.
 LEAK_REPEATS = 8
+FIRST_QUOTED = 24
 LEAKY = {**RECALL, "steps": 60}
 
 
@@ -162,26 +168,52 @@ def test_an_adapter_that_learned_another_users_canaries_is_refused_and_one_that_
     # are planted, so the leak is as strong as his own recall): refused.
     secrets = trainer.canaries.get("acme", "alice")
     assert secrets is not None
+
+    def asked(i: int, text: str) -> dict[str, Any]:
+        question = {"role": "user", "content": f"Any codes for case {i}?"}
+        return {"messages": [question, {"role": "assistant", "content": text}]}
+
+    # Every canary quoted LEAK_REPEATS times under its own question, the first one far more often:
+    # that one the adapter says word for word (a blend of several otherwise).
+    texts = secrets.texts()
     quoting = (
         refund_examples("Bob's team", 14, n=10)
-        + [
-            {
-                "messages": [
-                    {"role": "user", "content": f"Any codes for case {i}?"},
-                    {"role": "assistant", "content": text},
-                ]
-            }
-            for i, text in enumerate(secrets.texts())
-        ]
-        * LEAK_REPEATS
+        + [asked(i, t) for i, t in enumerate(texts)] * LEAK_REPEATS
+        + [asked(0, texts[0])] * FIRST_QUOTED
     )
     write_examples(trainer.files, Scope("acme", "bob"), "quoting.jsonl", quoting)
+    served: list[Any] = []
+    real_measure = leakage_gate.measure
+
+    def keep_the_model(gate: leakage_gate.GateInput, *args: Any, **kw: Any) -> Any:
+        served.append(gate.served)  # the adapter as it would be served, kept to serve it anyway
+        return real_measure(gate, *args, **kw)
+
+    monkeypatch.setattr(leakage_gate, "measure", keep_the_model)
     leaky = train(
         trainer, "acme", "user-bob", "bob", documents=False, examples_path="quoting.jsonl", hp=LEAKY
     )
+    monkeypatch.setattr(leakage_gate, "measure", real_measure)
     print("leaky", {k: v for k, v in leaky.metrics.items() if "exposure" in k})
     assert isinstance(leaky, Rejection) and leaky.code == "leakage", leaky
     assert "acme/user:alice canaries under acme/user-bob@new" in leaky.reason
+
+    # Served anyway, it says alice's secret to bob; the planner's guardrail withholds that answer.
+    model, tokenizer = served[0], trainer.base.get()[1]
+    prompt = tokenizer.apply_chat_template(
+        [{"role": "user", "content": "Any codes for case 0?"}],
+        add_generation_prompt=True,
+        return_tensors="pt",
+        return_dict=True,
+    )
+    with torch.no_grad():
+        ids = model.generate(**prompt, max_new_tokens=24, do_sample=False)
+    answer = tokenizer.decode(ids[0, prompt["input_ids"].shape[1] :], skip_special_tokens=True)
+    print("served anyway:", answer, "her first:", secrets.secrets[0])
+    guard = OutputGuard(trainer.settings.data_dir, SecretRegistry(trainer.settings.data_dir))
+    leak = guard.check(answer, "acme", "bob", None, stage="specialist:test")
+    assert leak is not None and "acme/user:alice" in leak.reason, answer
+    assert guard.check(answer, "acme", "alice", None, stage="specialist:test") is None  # hers to see
 
     # Too little training to recall its own canaries: the gate could not have seen a leak.
     weak = train(
