@@ -78,6 +78,8 @@ class Results:
     old_gate_per_adapter_s: float = float("nan")
     load: tuple[float, float] = (0.0, 0.0)
     hp: dict[str, Any] = field(default_factory=dict)
+    references: int = 0
+    sample_tenants: int = 0
 
 
 def _job(outcome: Any, user: str) -> Job:
@@ -143,7 +145,9 @@ def run(
             folder.mkdir(parents=True, exist_ok=True)
             (folder / "ex.jsonl").write_text("\n".join(json.dumps(r) for r in _examples(user)) + "\n")
         # Another tenant with data and canaries, for the gate's sample of other tenants.
-        trainer.canaries.ensure("globex", None, count=CANARIES, template=t.canary_template, digits=t.canary_digits)
+        trainer.canaries.ensure(
+            "globex", None, count=CANARIES, template=t.canary_template, digits=t.canary_digits
+        )
 
         def train(user: str, path: str = "ex.jsonl") -> Any:
             request = AdapterTrainRequested(
@@ -166,10 +170,21 @@ def run(
         template = AdapterManifest(
             tenant_id="t0000", name="company", method="lora", base_model=settings.base_model
         )
-        results = Results([], None, 0.0, 0.0, load=(load_start, 0.0), hp=hp)
+        results = Results(
+            [],
+            None,
+            0.0,
+            0.0,
+            load=(load_start, 0.0),
+            hp=hp,
+            references=t.reference_canaries,
+            sample_tenants=t.leakage_sample_tenants,
+        )
         filled = 0
         scope = Scope("acme", "ana")
-        trainer.canaries.ensure("acme", "ana", count=CANARIES, template=t.canary_template, digits=t.canary_digits)
+        trainer.canaries.ensure(
+            "acme", "ana", count=CANARIES, template=t.canary_template, digits=t.canary_digits
+        )
         for size in sorted(sizes):
             for n in range(filled, size):
                 other = f"t{n:04d}"
@@ -254,10 +269,11 @@ def markdown(r: Results, planned: int | None = None) -> str:
         "## Leakage gate (`loraswarm bench leakage`)",
         "",
         f"{platform.machine()}, {os.cpu_count()} cores, CPU training; load average {r.load[0]:.1f} at the "
-        f"start and {r.load[1]:.1f} at the end (the machine was shared: compare ratios, not seconds). "
-        f"One tenant with {len(USERS)} users, each with 6 chat examples and 4 scope canaries; each job "
-        f"retrains one user's adapter from the base model ({', '.join(f'{k}={v}' for k, v in r.hp.items())}); "
-        f"31 reference canaries (highest measurable exposure {r.max_measurable:.2f} bits).",
+        f"start and {r.load[1]:.1f} at the end (compare ratios, not seconds). "
+        f"One tenant with {len(USERS)} users, each with {len(_examples(USERS[0]))} chat examples and "
+        f"{r.hp.get('canaries')} scope canaries; each job retrains one user's adapter from the base model "
+        f"({', '.join(f'{k}={v}' for k, v in r.hp.items())}); {r.references} reference canaries (highest "
+        f"measurable exposure {r.max_measurable:.2f} bits).",
         "",
         "| | value |",
         "|---|---|",
@@ -280,9 +296,18 @@ def markdown(r: Results, planned: int | None = None) -> str:
             f"| leaky job (ben's adapter trained on ana's canaries) | {r.leaky.code}; ana's canaries at "
             f"{r.leaky.cross.get('acme/user:ana', nan):.2f} bits (bound {r.leaky.cross_bound or nan:.2f}) |"
         )
+    own = {k: v for k, v in per_scope.items() if k.startswith("acme/")}
+    # One mean per sampled tenant (most are drawn once or twice in a run).
+    sampled = [statistics.mean(v) for k, v in per_scope.items() if k not in own]
     lines.append(
         "| cross exposure by scope: mean | "
-        + ", ".join(f"{k} {statistics.mean(v):.2f}" for k, v in sorted(per_scope.items()))
+        + ", ".join(f"{k} {statistics.mean(v):.2f}" for k, v in sorted(own.items()))
+        + (
+            f"; {len(sampled)} sampled tenants: mean of their means {statistics.mean(sampled):.2f}, "
+            f"highest {max(sampled):.2f}"
+            if sampled
+            else ""
+        )
         + " |"
     )
     lines += ["", "| adapters in the store | gate time (median) |", "|---|---|"]
@@ -290,10 +315,14 @@ def markdown(r: Results, planned: int | None = None) -> str:
         lines.append(f"| {size} | {statistics.median(times):.2f} s |")
     lines += [
         "",
-        "The gate scores the tenant's scopes and a fixed sample of 4 other tenants under the one new "
+        f"The gate scores the tenant's scopes and a fixed sample of {r.sample_tenants} other tenants under the one new "
         "model, so its time does not depend on the store. The old gate loaded and scored every stored "
         f"adapter: {r.old_gate_per_adapter_s:.2f} s per adapter measured in this run, i.e. about "
-        + ", ".join(f"{size * r.old_gate_per_adapter_s / 60:.0f} min at {size}" for size in sorted(r.gate_s))
+        + ", ".join(f"{_duration(size * r.old_gate_per_adapter_s)} at {size}" for size in sorted(r.gate_s))
         + " (that many adapters times the measured unit; not run end to end).",
     ]
     return "\n".join(lines)
+
+
+def _duration(seconds: float) -> str:
+    return f"{seconds:.0f} s" if seconds < 120 else f"{seconds / 60:.0f} min"

@@ -285,7 +285,7 @@ class Planner:
                     state,
                     max_tokens=self.settings.compose_max_tokens,
                     timeout_s=timeout_s,
-                    phrase_it=self.settings.compose_phrase,
+                    phrase_it=self.settings.phrases,
                 )
         state.add_usage("compose", ledger.usage)
         state.notes += composed.notes

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, Field, SecretStr
+from pydantic import BaseModel, Field, SecretStr, field_validator
 
 from loraswarm.shared.settings.paths import default_home
 
@@ -75,11 +75,32 @@ class OrchestrationSettings(BaseModel):
         "`legacy`: one LLM call writes the whole recommendation (the composer before issue 14, kept as "
         "the eval's baseline).",
     )
-    compose_phrase: bool = Field(
-        default=True,
+    compose_phrase: Literal["auto", "on", "off"] = Field(
+        default="auto",
         description="Let the primary LLM phrase the extracted sentences (kept only when it passes the "
-        "checks: no echo, no repetition, every extracted fact kept). Off: the extracted sentences as they are.",
+        "checks: no echo, no repetition, every extracted fact kept). `off`: the extracted sentences as "
+        "they are. `auto`: on when a primary LLM other than the embedded model server's base model "
+        "(`tgi`) is configured: on the demo the 135M model changed 2 of 9 answers, one into a false "
+        "statement, for a p50 of 19.6 s against 14.8 s without.",
     )
+
+    @field_validator("compose_phrase", mode="before")
+    @classmethod
+    def _on_off(cls, value: object) -> object:
+        # It was a bool: `true`/`false` (and the YAML/env spellings of them) still mean on/off.
+        if isinstance(value, bool):
+            return "on" if value else "off"
+        if isinstance(value, str) and value.lower() in {"true", "false", "1", "0", "yes", "no"}:
+            return "on" if value.lower() in {"true", "1", "yes"} else "off"
+        return value
+
+    @property
+    def phrases(self) -> bool:
+        """Whether the composer asks the primary LLM to phrase (see `compose_phrase`)."""
+        if self.compose_phrase == "auto":
+            return self.primary_llm_model != "tgi"
+        return self.compose_phrase == "on"
+
     retrieval_k: int = Field(
         default=5, ge=1, le=50, description="Passages the planner retrieves per request."
     )

@@ -57,6 +57,7 @@ def configure(settings: Settings, tenants_dir: Path, llm_url: str, *, llm_timeou
     settings.orchestration.tenants_dir = tenants_dir
     settings.orchestration.primary_llm_base_url = llm_url
     settings.orchestration.llm_timeout_s = llm_timeout_s
+    settings.orchestration.compose_phrase = "on"  # the scripted LLM stands for a configured primary LLM
     settings.orchestration.deadline_check_s = 0.1
     return settings
 
