@@ -144,10 +144,14 @@ def run(
             folder = trainer.files.folder(Scope("acme", user))
             folder.mkdir(parents=True, exist_ok=True)
             (folder / "ex.jsonl").write_text("\n".join(json.dumps(r) for r in _examples(user)) + "\n")
+
         # Another tenant with data and canaries, for the gate's sample of other tenants.
-        trainer.canaries.ensure(
-            "globex", None, count=CANARIES, template=t.canary_template, digits=t.canary_digits
-        )
+        def ensure_canaries(tenant: str, user: str | None = None) -> None:
+            trainer.canaries.ensure(
+                tenant, user, count=CANARIES, template=t.canary_template, digits=t.canary_digits
+            )
+
+        ensure_canaries("globex")
 
         def train(user: str, path: str = "ex.jsonl") -> Any:
             request = AdapterTrainRequested(
@@ -182,15 +186,11 @@ def run(
         )
         filled = 0
         scope = Scope("acme", "ana")
-        trainer.canaries.ensure(
-            "acme", "ana", count=CANARIES, template=t.canary_template, digits=t.canary_digits
-        )
+        ensure_canaries("acme", "ana")
         for size in sorted(sizes):
             for n in range(filled, size):
                 other = f"t{n:04d}"
-                trainer.canaries.ensure(
-                    other, None, count=CANARIES, template=t.canary_template, digits=t.canary_digits
-                )
+                ensure_canaries(other)
                 trainer.store.publish(sample_dir, template.model_copy(update={"tenant_id": other}))
             filled = max(filled, size)
             times = []

@@ -282,7 +282,7 @@ NO_REPEAT_NGRAM = 6
 
 def _no_repeat(llm: PrimaryLLM) -> dict[str, Any] | None:
     """The model server's extension, sent only to it (`tgi`): OpenAI refuses unknown fields."""
-    return {"no_repeat_ngram_size": NO_REPEAT_NGRAM} if llm.settings.primary_llm_model == "tgi" else None
+    return {"no_repeat_ngram_size": NO_REPEAT_NGRAM} if llm.settings.embedded_primary else None
 
 
 def phrased_schema() -> dict[str, Any]:

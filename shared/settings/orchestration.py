@@ -95,10 +95,16 @@ class OrchestrationSettings(BaseModel):
         return value
 
     @property
+    def embedded_primary(self) -> bool:
+        """Whether the primary LLM is the project's model server's base model (`tgi`), the 135M
+        default, rather than a configured endpoint: what every `auto` that depends on it reads."""
+        return self.primary_llm_model == "tgi"
+
+    @property
     def phrases(self) -> bool:
         """Whether the composer asks the primary LLM to phrase (see `compose_phrase`)."""
         if self.compose_phrase == "auto":
-            return self.primary_llm_model != "tgi"
+            return not self.embedded_primary
         return self.compose_phrase == "on"
 
     retrieval_k: int = Field(

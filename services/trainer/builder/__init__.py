@@ -55,7 +55,7 @@ def llm_enabled(settings: Settings) -> bool:
     135M base model (`tgi`), whose generated data is poorer than the extractor's."""
     choice = settings.trainer.builder.llm
     if choice == "auto":
-        return settings.orchestration.primary_llm_model != "tgi"
+        return not settings.orchestration.embedded_primary
     return choice == "on"
 
 
