@@ -75,7 +75,7 @@ def section(report: dict[str, Any]) -> str:
     lines = [
         "## LoRA vs LLaMA-Adapter (`loraswarm eval --conditions "
         + ",".join(c for pair in pairs for c in (pair[1], pair[0]))
-        + (" --quick" if report["sizes"].get("size") == "quick" else "")
+        + (f" --size {report['sizes']['size']}" if report["sizes"].get("size", "full") != "full" else "")
         + "`)",
         "",
         f"Machine: {describe()}. One run of `loraswarm eval` (seed {report['settings']['seed']}, "

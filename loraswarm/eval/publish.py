@@ -114,7 +114,21 @@ def section(report: dict[str, Any], chart: Path) -> str:
             "What it shows (a difference counts only where the 95% intervals do not overlap):",
             "",
             *findings(report),
+            "",
+            size_note(report),
         ]
+    )
+
+
+def size_note(report: dict[str, Any]) -> str:
+    """Which size ran: only the full one is the benchmark the intervals were sized for."""
+    size = report["sizes"].get("size", "full")
+    command = "loraswarm eval" + (f" --size {size}" if size != "full" else "")
+    if size == "full":
+        return f"Run as `{command}`: the full size."
+    return (
+        f"Run as `{command}`, not the full size (3 tenants with 2 users each, 150 questions): its "
+        "intervals are wider, so a tie here is weaker evidence of no difference than a tie at full size."
     )
 
 

@@ -1,4 +1,5 @@
-"""The two sizes of `loraswarm eval`: `--quick` (a test's few minutes) and the full report's."""
+"""The sizes of `loraswarm eval`: `quick` (a test's few minutes), `medium` (the full recipe on one
+tenant, within an hour on 2 cores) and `full` (the report's)."""
 
 from __future__ import annotations
 
@@ -41,3 +42,14 @@ FULL = Size(
     max_new_tokens={"fact": 40, "process": 80, "style": 80},
     hyperparameters={"batch_size": 4},
 )
+# The full size's recipe (60-step adapters, batch 4, the same question mix and lengths) on one
+# tenant with two users: about a third of the questions, for a run that fits beside other work.
+MEDIUM = Size(
+    tenants=1,
+    users_per_tenant=2,
+    per_kind=12,
+    steps=FULL.steps,
+    max_new_tokens=FULL.max_new_tokens,
+    hyperparameters=FULL.hyperparameters,
+)
+SIZES = {"quick": QUICK, "medium": MEDIUM, "full": FULL}

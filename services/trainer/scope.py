@@ -23,9 +23,10 @@ from loraswarm.services.trainer.errors import InvalidRequest, ScopeViolation
 from loraswarm.shared.canaries import FILE as CANARY_FILE
 from loraswarm.shared.canaries import USERS
 
-# Test-only mutation switch: names a user whose private data a *company* job reads as well — the
-# scoping bug the leakage gate must catch (tests/trainer/test_leakage_gate.py). Never set it in
-# a deployment: it breaks the privacy promise on purpose.
+# Test-only mutation switch: names a user whose private data every other scope's job reads as
+# well (the company's and every other user's) — the scoping bug the leakage gate must catch
+# (tests/trainer/test_leakage_gate.py). Never set it in a deployment: it breaks the privacy
+# promise on purpose.
 BREAK_SCOPING_ENV = "LORASWARM_TEST_BREAK_SCOPING_WITH_USER"
 
 
@@ -51,7 +52,7 @@ def data_scopes(scope: Scope) -> list[Scope]:
     documents, which is what lets the leakage gate see the bug.
     """
     broken = os.environ.get(BREAK_SCOPING_ENV)
-    if broken and scope.user_id is None:
+    if broken and scope.user_id != broken:
         return [scope, Scope(scope.tenant_id, broken)]
     return [scope]
 

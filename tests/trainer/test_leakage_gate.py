@@ -1,6 +1,7 @@
 """The leakage gate on real training and the real Weaviate: each scope's canaries, kept with its
-data, are exposed under its own adapter and nowhere else; a scoping bug (the test-only mutation
-switch) and an adapter trained on another user's canaries are refused.
+data, are exposed under its own adapter and nowhere else; scoping bugs (the test-only mutation switch:
+alice's data read by the company's job, or by bob's) are refused, and the leaky adapter of bob's,
+served anyway, says her secret and the planner's guardrail withholds it.
 
 The statistical margin (services/trainer/leakage.py): with k canaries and N = 63 references, a
 set is "exposed" when its mean exposure exceeds the (1 − α) quantile of the mean of k
@@ -76,13 +77,14 @@ RECALL = {
 }
 
 
-# Bob's leaky job: each of alice's canaries quoted LEAK_REPEATS times, each under its own
-# question, the first FIRST_QUOTED times more, over a little longer training than RECALL.
-# Measured with every canary quoted alike: the gate saw hers at 4.6-5.0 bits under it (bound
-# 2.89), but served anyway it said a blend of her digits (008947831 for 008497353) that no string
-# check can tie to her secret; trained harder (100 steps at 1e-2) its raw-text exposures fell to
-# 1.3-1.6 bits and the owner check refused it.
-LEAK_REPEATS = 8
+# Bob's leaky job: a user-to-user scoping bug (the mutation switch naming alice) plants her canaries
+# in his training set as it plants his own, and his examples quote her first one FIRST_QUOTED
+# times under a question of his, so that served anyway it says that one in a chat answer. Her
+# canaries measured 5.88, 4.54 and 4.26 bits under it in three runs (4.74 at 90 steps; bound 2.89).
+# Measured before, with her canaries quoted only in chat answers (8 times each) and no scoping
+# bug: the gate, which scores canaries as planted (raw text), saw hers at 3.5-6.0 bits in most
+# draws of the secrets, but at 2.21 (bound 2.89) in one CI run — chat-only quoting leaks into the
+# raw form by a varying amount (the chat form is not scored: the note on issue 15 says so).
 FIRST_QUOTED = 24
 LEAKY = {**RECALL, "steps": 60}
 
@@ -182,22 +184,21 @@ def test_an_adapter_that_learned_another_users_canaries_is_refused_and_one_that_
     assert "train with more steps" in weak.reason
     assert trainer.store.versions("acme", "user-bob") == []
 
-    # Bob's adapter, trained on examples that quote alice's canaries (each as often as his own
-    # are planted, so the leak is as strong as his own recall): refused.
+    # Bob's adapter, trained with alice's canaries (a scoping bug carries her set into his job)
+    # and on examples that quote her first secret: refused.
     secrets = trainer.canaries.get("acme", "alice")
     assert secrets is not None
-
-    def asked(i: int, text: str) -> dict[str, Any]:
-        question = {"role": "user", "content": f"Any codes for case {i}?"}
-        return {"messages": [question, {"role": "assistant", "content": text}]}
-
-    # Every canary quoted LEAK_REPEATS times under its own question, the first one far more often:
-    # that one the adapter says word for word (a blend of several otherwise).
-    texts = secrets.texts()
     quoting = (
         refund_examples("Bob's team", 14, n=10)
-        + [asked(i, t) for i, t in enumerate(texts)] * LEAK_REPEATS
-        + [asked(0, texts[0])] * FIRST_QUOTED
+        + [
+            {
+                "messages": [
+                    {"role": "user", "content": "Any codes for case 0?"},
+                    {"role": "assistant", "content": secrets.texts()[0]},
+                ]
+            }
+        ]
+        * FIRST_QUOTED
     )
     write_examples(trainer.files, Scope("acme", "bob"), "quoting.jsonl", quoting)
     served: list[Any] = []
@@ -208,13 +209,16 @@ def test_an_adapter_that_learned_another_users_canaries_is_refused_and_one_that_
         return real_measure(gate, *args, **kw)
 
     monkeypatch.setattr(leakage_gate, "measure", keep_the_model)
+    monkeypatch.setenv(BREAK_SCOPING_ENV, "alice")
     leaky = train(
         trainer, "acme", "user-bob", "bob", documents=False, examples_path="quoting.jsonl", hp=LEAKY
     )
+    monkeypatch.delenv(BREAK_SCOPING_ENV)
     monkeypatch.setattr(leakage_gate, "measure", real_measure)
     print("leaky", {k: v for k, v in leaky.metrics.items() if "exposure" in k})
     assert isinstance(leaky, Rejection) and leaky.code == "leakage", leaky
     assert "acme/user:alice canaries under acme/user-bob@new" in leaky.reason
+    assert trainer.store.versions("acme", "user-bob") == []
 
     # Served anyway, it says alice's secret to bob; the planner's guardrail withholds that answer.
     model, tokenizer = served[0], trainer.base.get()[1]

@@ -131,9 +131,12 @@ def test_every_scope_keeps_its_own_canaries_with_its_data_and_a_job_reads_those_
     # What a job plants: its own scope's set only — through the scoping code documents use.
     assert scope_canaries(store, Scope("acme")) == [company]
     assert scope_canaries(store, Scope("acme", "alice")) == [alice]
-    # The mutation switch breaks that scoping: the company job now carries alice's canaries.
+    # The mutation switch breaks that scoping: the company's job and bob's now carry alice's
+    # canaries; hers carries only her own.
     monkeypatch.setenv(BREAK_SCOPING_ENV, "alice")
     assert scope_canaries(store, Scope("acme")) == [company, alice]
+    assert scope_canaries(store, Scope("acme", "bob")) == [bob, alice]
+    assert scope_canaries(store, Scope("acme", "alice")) == [alice]
     monkeypatch.delenv(BREAK_SCOPING_ENV)
 
     # What a scope's adapter must not know: the company knows no user's; a user no other user's.

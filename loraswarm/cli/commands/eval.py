@@ -12,9 +12,13 @@ console = Console()
 
 
 def eval_command(
-    quick: bool = typer.Option(
-        False, "--quick", help="The test size: 1 tenant, 7 questions, 4-step adapters."
+    size_name: str = typer.Option(
+        "full",
+        "--size",
+        help="quick (1 tenant, 7 questions, 4-step adapters), medium (1 tenant with 2 users, 36 questions, "
+        "the full size's 60-step adapters) or full (3 tenants with 2 users each, 150 questions).",
     ),
+    quick: bool = typer.Option(False, "--quick", help="The same as --size quick."),
     corpus: Path | None = typer.Option(
         None,
         "--corpus",
@@ -56,10 +60,14 @@ def eval_command(
     from loraswarm.eval.publish import publish_section
     from loraswarm.eval.report import markdown, write
     from loraswarm.eval.runner import EvalConfig, EvalError, run_eval
-    from loraswarm.eval.sizes import FULL, QUICK
+    from loraswarm.eval.sizes import SIZES
     from loraswarm.shared.vectorstore import VectorStoreUnavailable
 
-    size = QUICK if quick else FULL
+    size_name = "quick" if quick else size_name
+    if size_name not in SIZES:
+        console.print(f"[red]--size must be one of {', '.join(SIZES)}, not {size_name!r}[/red]")
+        raise typer.Exit(2)
+    size = SIZES[size_name]
     if (corpus is None) != (questions is None):
         console.print("[red]--corpus and --questions go together (or leave both out to generate data)[/red]")
         raise typer.Exit(2)
@@ -88,7 +96,7 @@ def eval_command(
         hyperparameters=dict(size.hyperparameters),
         min_train_tokens=size.min_train_tokens,
         train=train,
-        sizes=generated | {"size": "quick" if quick else "full"},
+        sizes=generated | {"size": size_name},
     )
     try:
         run = run_eval(config, console)
