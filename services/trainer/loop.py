@@ -1,7 +1,11 @@
-"""The training loop: AdamW on the adapter's weights, warm-up, gradient clipping, NaN guard.
+"""The training loop: AdamW on the adapter's weights, warm-up, gradient clipping, NaN guard, and
+the forward pass in bf16 where the hardware computes it natively (`precision`).
 
 It is deliberately a bare peft loop plus the checks a service needs (the benchmark holds it to
 ≥ 0.9× a bare loop's tokens/s); the loss is read every step anyway, so the NaN check is free.
+bf16 is autocast, not a bf16 copy of the model: the frozen base weights are cast per matrix
+product, and the adapter's weights, their gradients and AdamW's moments stay fp32, so small
+updates are not rounded away.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ import torch
 
 from loraswarm.services.trainer.dataset import Batch
 from loraswarm.services.trainer.errors import NonFiniteLoss
+from loraswarm.shared.models import native_cpu_bf16
 from loraswarm.shared.settings.trainer import Hyperparameters
 
 OnStep = Callable[[int, int, float], None]  # (step, total steps, loss)
@@ -26,11 +31,21 @@ class Cancelled(Exception):
     """The job was stopped from outside (the service shuts down); it resumes on restart."""
 
 
+def autocast_dtype(precision: str, device: str) -> torch.dtype | None:
+    """The dtype the forward pass is autocast to, or None for none (fp32, or the model's own)."""
+    if precision == "fp32":
+        return None
+    if precision == "bf16" or device == "cuda" or native_cpu_bf16():
+        return torch.bfloat16
+    return None  # auto on a CPU that would only emulate bf16: slower than fp32
+
+
 @dataclass
 class TrainResult:
     losses: list[float] = field(default_factory=list)
     tokens: int = 0
     seconds: float = 0.0
+    precision: str = "fp32"  # what the steps ran in: "bf16" (autocast) or "fp32"
 
     @property
     def tokens_per_s(self) -> float:
@@ -53,13 +68,20 @@ class AdapterTraining:
         self.schedule = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lambda step: min(1.0, (step + 1) / (warmup + 1)) if warmup else 1.0
         )
-        self.result = TrainResult()
+        self.autocast = autocast_dtype(hp.precision, device)
+        self.result = TrainResult(precision="fp32" if self.autocast is None else "bf16")
         model.train()
 
     def step(self, batch: Batch) -> float:
         hp, step = self.hp, len(self.result.losses) + 1
         batch = batch.to(self.device)
-        out = self.model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, labels=batch.labels)
+        # The backward pass follows the forward's dtypes by itself; only the forward is wrapped.
+        with torch.autocast(
+            self.device, dtype=self.autocast or torch.float32, enabled=self.autocast is not None
+        ):
+            out = self.model(
+                input_ids=batch.input_ids, attention_mask=batch.attention_mask, labels=batch.labels
+            )
         loss = float(out.loss.detach().item())
         if not math.isfinite(loss):
             raise NonFiniteLoss(

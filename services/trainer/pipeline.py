@@ -430,6 +430,7 @@ class Trainer:
             "train_loss_last": result.losses[-1],
             "train_seconds": result.seconds,
             "train_tokens_per_s": result.tokens_per_s,
+            "train_bf16": float(result.precision == "bf16"),
         }
         return result
 

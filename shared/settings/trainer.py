@@ -40,6 +40,13 @@ class Hyperparameters(BaseModel):
         default=128, ge=8, le=8192, description="Tokens per packed document block (and longest example)."
     )
     seed: int = Field(default=0, description="Seed of shuffling, dropout and adapter initialisation.")
+    precision: Literal["auto", "bf16", "fp32"] = Field(
+        default="auto",
+        description="Arithmetic of the training step: `bf16` autocasts the forward pass (the base model's "
+        "matrix products in bf16; the adapter's weights, gradients and optimizer state stay fp32), `fp32` "
+        "does not; `auto` = bf16 where the hardware computes it natively (CUDA, or a CPU with AVX512-BF16 or "
+        "AMX), else fp32. Held-out loss and the leakage gate are measured in the model's own dtype either way.",
+    )
     # LoRA (peft LoraConfig); bias="none" and no modules_to_save are not options (DESIGN.md §4).
     r: int = Field(default=8, ge=1, le=256, description="LoRA rank.")
     lora_alpha: int = Field(default=16, ge=1, description="LoRA scaling numerator (alpha / r, or / sqrt(r)).")

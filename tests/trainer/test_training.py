@@ -10,7 +10,7 @@ import torch
 from peft import PeftModel
 from safetensors.torch import load_file
 
-from loraswarm.services.trainer import methods
+from loraswarm.services.trainer import loop, methods
 from loraswarm.services.trainer.pipeline import BaseModels, Published, Rejection, Trainer
 from loraswarm.services.trainer.scope import Scope
 from loraswarm.shared import models
@@ -156,3 +156,45 @@ def test_target_modules_the_model_lacks_are_named(trainer: Trainer, targets: lis
     outcome = trainer.run(request(target_modules=targets))
     assert isinstance(outcome, Rejection) and outcome.code == "invalid_request"
     assert "nope_proj" in outcome.reason
+
+
+def test_bf16_training_autocasts_the_forward_pass_keeps_the_adapter_fp32_and_learns_as_fp32_does(
+    trainer: Trainer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`precision: bf16` runs the base model's matrix products in bf16 (seen by a hook on a
+    projection), leaves the adapter's weights fp32, and learns what fp32 learns on the same data
+    and seed: the held-out loss falls from about 3 to about 0.03 in both, and the two end within 2%
+    of the starting loss of each other (measured: 0.0296 vs 0.0275, a 7% relative gap of nearly
+    nothing; bench training compares the two on text they cannot memorise). `auto` is bf16
+    exactly where the hardware computes it natively."""
+    write_examples(trainer.files, Scope("acme"), "refunds.jsonl", refund_examples("Acme Rockets", 45))
+    seen: list[torch.dtype] = []
+    real_attach = methods.attach
+
+    def watched(model: Any, method: Any, hp: Any) -> Any:
+        attached = real_attach(model, method, hp)
+        q_proj = attached.base_model.model.model.layers[0].self_attn.q_proj.base_layer
+        q_proj.register_forward_hook(lambda _m, _i, out: seen.append(out.dtype))
+        return attached
+
+    monkeypatch.setattr(methods, "attach", watched)
+    outcomes = {}
+    for precision in ("fp32", "bf16"):
+        seen.clear()
+        outcomes[precision] = trainer.run(request(f"support-{precision}", steps=8, precision=precision))
+        training_dtypes = set(seen)  # the hook sees training and then evaluation passes
+        assert (torch.bfloat16 in training_dtypes) == (precision == "bf16"), training_dtypes
+    fp32, bf16 = outcomes["fp32"], outcomes["bf16"]
+    assert isinstance(fp32, Published) and isinstance(bf16, Published), outcomes
+    assert (fp32.metrics["train_bf16"], bf16.metrics["train_bf16"]) == (0.0, 1.0)
+    tensors = load_file(str(trainer.store.resolve("acme/support-bf16").path / "adapter_model.safetensors"))
+    assert {t.dtype for t in tensors.values()} == {torch.float32}
+    loss32, loss16 = fp32.metrics["heldout_loss"], bf16.metrics["heldout_loss"]
+    print("held-out loss fp32", loss32, "bf16", loss16)
+    start = fp32.metrics["start_heldout_loss"]
+    assert bf16.metrics["start_heldout_loss"] == start  # measured in the model's own dtype, as before
+    assert loss16 < 0.5 * start and abs(loss16 - loss32) < 0.02 * start, (start, loss32, loss16)
+
+    auto = loop.autocast_dtype("auto", "cpu")
+    assert auto == (torch.bfloat16 if models.native_cpu_bf16() else None)
+    assert loop.autocast_dtype("fp32", "cpu") is None and loop.autocast_dtype("bf16", "cpu") == torch.bfloat16
