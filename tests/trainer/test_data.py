@@ -164,6 +164,24 @@ def test_held_out_units_are_whole_stable_and_never_everything(tokenizer: Any) ->
     assert split_heldout(single, 0.5, cap=64) == (single[0].samples, [])
 
 
+def test_a_unit_larger_than_the_held_out_share_is_not_held_out_while_a_smaller_one_can_be(
+    tokenizer: Any,
+) -> None:
+    # A user's scope as the eval saw it: one document whose built examples are 20 sequences,
+    # two of 3; 10% is 2 sequences. Held out before: the big one (6 left to train on).
+    block = document_units([chunk("x", 0, "word " * 12)], tokenizer, 16)[0].samples[0]
+    sizes = {"doc:notes": 20, "doc:checklist": 3, "doc:preferences": 3}
+    units = [Unit(key, [block] * n) for key, n in sizes.items()]
+    for order in (units, units[::-1]):
+        train, heldout = split_heldout(order, 0.1, cap=64)
+        assert (len(train), len(heldout)) == (23, 3)
+    # Units that all fit: as many as fit in the share, never more.
+    many = [Unit(f"doc:{i}", [block]) for i in range(40)]
+    train, heldout = split_heldout(many, 0.1, cap=64)
+    assert (len(train), len(heldout)) == (36, 4)
+    assert len(split_heldout(many, 0.5, cap=3)[1]) == 3
+
+
 def test_batches_are_grouped_by_length_and_padded_with_ignored_labels(tokenizer: Any) -> None:
     short = [chunk(f"s{i}", 0, "tiny") for i in range(8)]
     long = [chunk(f"l{i}", 0, "a much longer document " * 5) for i in range(8)]
