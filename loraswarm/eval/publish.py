@@ -88,13 +88,21 @@ def findings(report: dict[str, Any]) -> list[str]:
     return lines
 
 
+def numerics(report: dict[str, Any]) -> str:
+    """How the run computed: the model server's device and dtype, the adapters' training precision."""
+    served = report["settings"].get("serving") or "served in a format the report did not record"
+    trained = {"bf16" if a["metrics"].get("train_bf16") else "fp32" for a in report["adapters"]}
+    how = " and ".join(sorted(trained)) if trained else "no adapter"
+    return f"served on {served}, adapters trained in {how}"
+
+
 def section(report: dict[str, Any], chart: Path) -> str:
     t = report["timings_s"]
     return "\n".join(
         [
             "## Personalization (`loraswarm eval`)",
             "",
-            f"Machine: {describe()}. Base model: the default (SmolLM2-135M-Instruct), float32 on the CPU; "
+            f"Machine: {describe()}. Base model: the default (SmolLM2-135M-Instruct), {numerics(report)}; "
             f"seed {report['settings']['seed']}; whole run {t['total'] / 60:.1f} min "
             f"(ingest {t['ingest']:.0f} s, training {t['train'] / 60:.1f} min"
             + (f" + raw-text arm {t['train_raw'] / 60:.1f} min" if "train_raw" in t else "")

@@ -171,6 +171,7 @@ def build(run: EvalRun) -> dict[str, Any]:
             "min_train_tokens": run.config.min_train_tokens,
             "hyperparameters": {"steps": run.config.steps, "canaries": 0, **run.config.hyperparameters},
             "bootstrap": "percentile, 1000 resamples, 95%",
+            "serving": run.serving,
         },
         "conditions": {c: SPECS[c].label for c in conditions},  # type: ignore[index]
         "estimates": {

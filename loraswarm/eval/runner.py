@@ -69,6 +69,7 @@ class EvalRun:
     chunks: int
     timings_s: dict[str, float]
     cold_load_ms: dict[str, float] = field(default_factory=dict)  # adapter id -> the server's first load
+    serving: str = ""  # where and in what number format the model server ran, e.g. "cpu, bfloat16"
 
 
 def eval_settings(config: EvalConfig) -> Settings:
@@ -360,7 +361,11 @@ def run_eval(config: EvalConfig, console: Console) -> EvalRun:
     timings |= {f"answer:{k}": v for k, v in per_condition.items()}
     _drop_collection(settings, tenants)
     timings["total"] = time.monotonic() - started
-    return EvalRun(config, questions, answers, adapters, chunks, timings, cold)
+    from loraswarm.shared.models import serving_device
+
+    served = serving_device(settings)  # what the model server picked, by the same function
+    serving = f"{served.name}, {str(served.dtype).removeprefix('torch.')}"
+    return EvalRun(config, questions, answers, adapters, chunks, timings, cold, serving)
 
 
 def _drop_collection(settings: Settings, tenants: list[str]) -> None:

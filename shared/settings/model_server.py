@@ -45,7 +45,7 @@ class ModelServerSettings(BaseModel):
         description="Number format of the served weights and activations (`/info` says `model_dtype`). "
         "`auto`: bf16 on CUDA, and on a CPU with native bf16 arithmetic (AVX512-BF16 or AMX; there, "
         "`loraswarm bench dtype` measured 2.4x fp32's prefill throughput and 2.2x faster decode steps); "
-        "fp32 on any other CPU. Training always runs in fp32 on a CPU.",
+        "fp32 on any other CPU. Training has its own setting (`trainer.defaults.precision`).",
     )
     # The batching engine.
     max_batch_size: int = Field(
