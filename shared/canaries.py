@@ -176,9 +176,44 @@ def mentions(text: str, secret: str) -> bool:
     return False
 
 
-def found_in(text: str, sets: Iterable[CanarySet]) -> CanarySet | None:
-    """The first set one of whose secrets appears in `text` (for output guardrails)."""
+# Inside a canary's own template — text no genuine document or answer writes — a fill with at
+# most this many digits wrong is taken for a secret, when it is nearer to it than to every secret
+# the asker may see: a leaky adapter served through a specialist wrote "the secret code is
+# 390456566" for another user's 390253466 (3 of 9 wrong; tests/e2e/test_leaky_adapter.py). A
+# random 9-digit fill is within 4 digits of a given secret with probability 8.9e-4.
+SHAPED_MISS_DIGITS = 4
+
+
+def _distance(said: str, secret: str) -> int:
+    """Fewest wrong digits of `secret` in any window of the digit run `said` (len(secret) if shorter)."""
+    n = len(secret)
+    windows = [said[i : i + n] for i in range(len(said) - n + 1)]
+    return min((sum(a != b for a, b in zip(w, secret, strict=True)) for w in windows), default=n)
+
+
+def _shaped_fills(text: str, template: str) -> list[str]:
+    """The digit runs `text` writes where `template` puts its secret (after its fixed prefix)."""
+    prefix = template.partition("{secret}")[0].strip()
+    if not prefix:
+        return []
+    return re.findall(re.escape(prefix) + r"\s*(\d+)", text, flags=re.IGNORECASE)
+
+
+def found_in(text: str, sets: Iterable[CanarySet], own: Iterable[CanarySet] = ()) -> CanarySet | None:
+    """The set whose secret `text` says (for output guardrails): verbatim or one digit wrong
+    anywhere (`mentions`), or, written in the canary's own template, up to SHAPED_MISS_DIGITS wrong
+    and nearer to that secret than to any of `own`'s (the sets the asker may see, whose blends are
+    not a leak)."""
+    sets, own = list(sets), list(own)
     for c in sets:
         if any(mentions(text, s) for s in c.secrets):
             return c
+    for c in sets:
+        for said in _shaped_fills(text, c.template):
+            nearest = min((_distance(said, s) for s in c.secrets), default=SHAPED_MISS_DIGITS + 1)
+            if nearest > SHAPED_MISS_DIGITS:
+                continue
+            mine = min((_distance(said, s) for o in own for s in o.secrets), default=nearest + 1)
+            if nearest < mine:
+                return c
     return None

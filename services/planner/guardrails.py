@@ -64,8 +64,9 @@ class OutputGuard:
     def _find(
         self, text: str, tenant_id: str, user_id: str | None, tenant: TenantConfig | None
     ) -> Leak | None:
-        others = [c for c in self.canaries.of_tenant(tenant_id) if c.user_id != user_id]
-        hit = found_in(text, others)
+        sets = self.canaries.of_tenant(tenant_id)
+        others = [c for c in sets if c.user_id != user_id]
+        hit = found_in(text, others, own=[c for c in sets if c.user_id == user_id])
         if hit is not None:
             return Leak("canary", f"it contained a canary of scope {hit.scope}, which is not the asker's")
         for secret in tenant.secrets if tenant else []:

@@ -118,7 +118,8 @@ async def test_a_leaky_adapter_is_refused_and_served_anyway_the_guardrail_withho
                 await asyncio.sleep(0.2)
 
     outcome = outcomes[str(asked.request_id)]
-    print("outcome", outcome)
+    said = [r.text for r in outcome.recommendations] if isinstance(outcome, RecommendationCompleted) else []
+    print("answered", said, "or failed:", getattr(outcome, "reason", None), "her first:", ana.secrets[0])
     assert isinstance(outcome, RecommendationFailed) and outcome.code == "guardrail", outcome
     assert "canary of scope acme/user:ana" in outcome.reason, outcome.reason
     assert all(secret not in outcome.reason for secret in ana.secrets)
