@@ -10,14 +10,12 @@ adapter, asked the same question through the swarm, writes it in a specialist's 
 
 from __future__ import annotations
 
-import asyncio
 from pathlib import Path
 from typing import Any
 
 from loraswarm.services.trainer import leakage_gate
 from loraswarm.services.trainer.pipeline import BaseModels, Published, Trainer
 from loraswarm.services.trainer.scope import BREAK_SCOPING_ENV, Scope
-from loraswarm.shared.bus import EventBus
 from loraswarm.shared.events import (
     AdapterTrainRequested,
     RecommendationCompleted,
@@ -28,7 +26,7 @@ from loraswarm.shared.events import (
 from loraswarm.shared.prompts import specialist_answer, specialist_messages
 from loraswarm.shared.settings import Settings
 from tests.conftest import isolated_settings
-from tests.e2e.world import TENANT_DOCS, swarm
+from tests.e2e.world import TENANT_DOCS, outcomes_of, swarm
 from tests.planner.conftest import ACME
 from tests.trainer.conftest import refund_examples, small, write_examples
 from tests.trainer.test_leakage_gate import FIRST_QUOTED, LEAKY
@@ -97,25 +95,9 @@ async def test_a_leaky_adapter_is_refused_and_served_anyway_the_guardrail_withho
     assert "acme/user:ana canaries under acme/user-ben@new" in refused.reason
     assert isinstance(served_anyway, Published), served_anyway
 
-    outcomes: dict[str, RecommendationCompleted | RecommendationFailed] = {}
+    asked = RecommendationRequested(tenant_id="acme", user_id="ben", question=QUESTION, deadline_s=240)
     async with swarm(settings, tmp_path):
-        client = EventBus(settings, service="client")
-
-        @client.consumer(RecommendationCompleted, group="client")
-        async def done(event: RecommendationCompleted) -> None:
-            outcomes[str(event.request_id)] = event
-
-        @client.consumer(RecommendationFailed, group="client-failed")
-        async def failed(event: RecommendationFailed) -> None:
-            outcomes[str(event.request_id)] = event
-
-        asked = RecommendationRequested(tenant_id="acme", user_id="ben", question=QUESTION, deadline_s=240)
-        async with client:
-            await client.publish(asked)
-            deadline = asyncio.get_running_loop().time() + 300
-            while str(asked.request_id) not in outcomes:
-                assert asyncio.get_running_loop().time() < deadline, "no outcome in time"
-                await asyncio.sleep(0.2)
+        outcomes = await outcomes_of(settings, [asked])
 
     outcome = outcomes[str(asked.request_id)]
     said = [r.text for r in outcome.recommendations] if isinstance(outcome, RecommendationCompleted) else []

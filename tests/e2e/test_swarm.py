@@ -6,46 +6,25 @@ and the specialists ran with that tenant's (and that user's) adapters.
 
 from __future__ import annotations
 
-import asyncio
 from pathlib import Path
 
 from loraswarm.services.planner.extract import UNSUPPORTED_NOTE
-from loraswarm.shared.bus import EventBus
-from loraswarm.shared.events import RecommendationCompleted, RecommendationFailed, RecommendationRequested
+from loraswarm.shared.events import RecommendationCompleted, RecommendationRequested
 from loraswarm.shared.settings import Settings
 from tests.conftest import isolated_settings
-from tests.e2e.world import TENANT_DOCS, swarm
+from tests.e2e.world import TENANT_DOCS, outcomes_of, swarm
 
 
 async def test_each_tenant_gets_its_own_documents_and_adapters(kafka_bootstrap: str, tmp_path: Path) -> None:
     settings: Settings = isolated_settings("kafka", tmp_path, kafka_bootstrap)
-    outcomes: dict[str, RecommendationCompleted | RecommendationFailed] = {}
+    requests = [
+        RecommendationRequested(
+            tenant_id="acme", user_id="ana", question="Can a tent be refunded?", deadline_s=240
+        ),
+        RecommendationRequested(tenant_id="globex", question="Can a turbine be returned?", deadline_s=240),
+    ]
     async with swarm(settings, tmp_path):
-        client = EventBus(settings, service="client")
-
-        @client.consumer(RecommendationCompleted, group="client")
-        async def done(event: RecommendationCompleted) -> None:
-            outcomes[str(event.request_id)] = event
-
-        @client.consumer(RecommendationFailed, group="client-failed")
-        async def failed(event: RecommendationFailed) -> None:
-            outcomes[str(event.request_id)] = event
-
-        requests = [
-            RecommendationRequested(
-                tenant_id="acme", user_id="ana", question="Can a tent be refunded?", deadline_s=240
-            ),
-            RecommendationRequested(
-                tenant_id="globex", question="Can a turbine be returned?", deadline_s=240
-            ),
-        ]
-        async with client:
-            for request in requests:
-                await client.publish(request)
-            deadline = asyncio.get_running_loop().time() + 300
-            while len(outcomes) < len(requests):
-                assert asyncio.get_running_loop().time() < deadline, "no outcome in time"
-                await asyncio.sleep(0.2)
+        outcomes = await outcomes_of(settings, requests)
 
     for request in requests:
         outcome = outcomes[str(request.request_id)]

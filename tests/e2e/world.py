@@ -3,6 +3,7 @@ the retriever, the planner and the specialists, each on its own EventBus, in one
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import threading
 import time
@@ -20,7 +21,13 @@ from loraswarm.services.planner.app import running as planner_running
 from loraswarm.services.retriever.app import build as build_retriever
 from loraswarm.services.specialist.app import build as build_specialist
 from loraswarm.shared.adapter_store import AdapterStore
-from loraswarm.shared.events import Document
+from loraswarm.shared.bus import EventBus
+from loraswarm.shared.events import (
+    Document,
+    RecommendationCompleted,
+    RecommendationFailed,
+    RecommendationRequested,
+)
 from loraswarm.shared.retrieval import load_embedder, retriever
 from loraswarm.shared.settings import ModelServerSettings, Settings
 from loraswarm.shared.vectorstore import shared_store
@@ -120,3 +127,31 @@ async def swarm(settings: Settings, tmp_path: Path) -> AsyncIterator[Swarm]:
     with contextlib.suppress(Exception):
         store = shared_store(settings)
         store.client.collections.delete(settings.retrieval.collection)
+
+
+Outcome = RecommendationCompleted | RecommendationFailed
+
+
+async def outcomes_of(
+    settings: Settings, requests: list[RecommendationRequested], timeout_s: float = 300
+) -> dict[str, Outcome]:
+    """Publish `requests` as a client would and wait for every one's outcome (by request id)."""
+    outcomes: dict[str, Outcome] = {}
+    client = EventBus(settings, service="client")
+
+    @client.consumer(RecommendationCompleted, group="client")
+    async def done(event: RecommendationCompleted) -> None:
+        outcomes[str(event.request_id)] = event
+
+    @client.consumer(RecommendationFailed, group="client-failed")
+    async def failed(event: RecommendationFailed) -> None:
+        outcomes[str(event.request_id)] = event
+
+    async with client:
+        for request in requests:
+            await client.publish(request)
+        deadline = asyncio.get_running_loop().time() + timeout_s
+        while len(outcomes) < len(requests):
+            assert asyncio.get_running_loop().time() < deadline, "no outcome in time"
+            await asyncio.sleep(0.2)
+    return outcomes
