@@ -235,6 +235,7 @@ def builder_cost(settings: Settings, base: Any, steps: int, examples: Path) -> d
     """Examples/s of the builder on the demo's scopes; seconds per step, builder mix vs raw text."""
     from loraswarm.services.trainer import builder
     from loraswarm.services.trainer.dataset import built_units, document_units, mix_units, training_batches
+    from loraswarm.services.trainer.loop import autocast_dtype
 
     _, tokenizer = base.get()
     from loraswarm.services.trainer import methods
@@ -284,6 +285,7 @@ def builder_cost(settings: Settings, base: Any, steps: int, examples: Path) -> d
         "mixed_step_s": statistics.median(mixed_s),
         "steps": float(steps),
         "raw_share": b.raw_text_share,
+        "bf16": float(autocast_dtype(hp.precision, device) is not None),
     }
 
 
@@ -386,7 +388,7 @@ def markdown(r: Results) -> str:
         f"Trainer / bare: **{r.ratio:.2f}×** over all steps (median of the per-step ratios: "
         f"{r.median_step_ratio:.2f}×; goal ≥ 0.9×).",
         "",
-        f"One adapter trained and published on the default model ({steps} steps of {r.batch_size} × up to "
+        f"One whole job (train, evaluate, gate, publish) on the default model ({steps} steps of {r.batch_size} × up to "
         f"{r.seq_len} tokens, otherwise default hyper-parameters, {int(job.get('examples', 0))} chat examples): "
         f"{r.job_outcome}.",
         "",
@@ -394,7 +396,7 @@ def markdown(r: Results) -> str:
         "|---|---|",
         f"| training ({job.get('train_tokens_per_s', 0):.0f} tokens/s) | {job.get('train_seconds', 0):.1f} |",
         f"| evaluation (held-out loss vs the base model; {int(job.get('canaries', 0))} canaries ranked among "
-        f"{int(job.get('leak_references', 0))} references under the adapter and the base model) | "
+        f"{int(job.get('leak_references', 0))} references under the new adapter, as the gate does) | "
         f"{job.get('eval_seconds', 0):.1f} |",
         f"| data, model copy, publish | {other:.1f} |",
         f"| **total** | **{job.get('wall_seconds', 0):.1f}** |",
@@ -410,7 +412,8 @@ def markdown(r: Results) -> str:
             f"The training-set builder (extractor; the LLM generator off, as in the embedded default) on the demo's "
             f"{int(c['scopes'])} scopes ({int(c['chunks'])} chunks): {int(c['examples'])} examples in "
             f"{c['build_seconds']:.2f} s = **{c['examples_per_s']:.0f} examples/s**. Training on them, in the same run, "
-            f"{int(c['steps'])} steps each, stepping in turn:",
+            f"{int(c['steps'])} steps each in the trainer's default precision here "
+            f"({'bf16' if c.get('bf16') else 'fp32'}), stepping in turn:",
             "",
             "| data | sequences | tokens/sequence (mean) | seconds/step (median) |",
             "|---|---|---|---|",

@@ -228,9 +228,11 @@ class Trainer:
             model = methods.merge(model, str(stack.path))
         model = methods.attach(model, job.request.method, job.hp)
         result = self._train(job, model, data, tokenizer)
+        evaluating = time.perf_counter()
         self._evaluate(job, model, data, stack)
         # `model` is what serving computes: the stack merged in, the new adapter on top.
         report = self._leakage(job, model, tokenizer, f"{job.adapter_id}@new")
+        job.metrics["eval_seconds"] = time.perf_counter() - evaluating  # held-out loss and the gate
         self._gate(job, report)
         return self._publish(job, model, data, result, report, stack)
 
