@@ -66,9 +66,11 @@ ALICE_NOTES = [
 ]
 
 # Enough training that a scope's canaries are recalled (the owner check's power): at 24 steps
-# CI once saw 2.35 bits, below the bound of 2.89, for secrets the base model found unlikely.
+# CI once saw 2.35 bits, below the bound of 2.89, for secrets the base model found unlikely; at 36,
+# once the held-out split stopped holding out whole large documents (more text beside the
+# canaries), the scoping-bug job measured alice's canaries at 2.98 and 5.65 bits in two runs.
 RECALL = {
-    "steps": 36,
+    "steps": 60,
     "warmup_steps": 2,
     "batch_size": 8,
     "canaries": 8,
@@ -86,7 +88,7 @@ RECALL = {
 # draws of the secrets, but at 2.21 (bound 2.89) in one CI run — chat-only quoting leaks into the
 # raw form by a varying amount (the chat form is not scored: the note on issue 15 says so).
 FIRST_QUOTED = 24
-LEAKY = {**RECALL, "steps": 60}
+LEAKY = {**RECALL, "steps": 80}
 
 
 def train(trainer: Trainer, tenant: str, name: str, user: str | None = None, **data: Any) -> Any:
