@@ -167,13 +167,7 @@ def mentions(text: str, secret: str) -> bool:
         return True
     if not secret.isdigit():
         return False
-    n = len(secret)
-    for run in _DIGIT_RUN.findall(text):
-        for start in range(len(run) - n + 1):
-            window = run[start : start + n]
-            if sum(a != b for a, b in zip(window, secret, strict=True)) <= NEAR_MISS_DIGITS:
-                return True
-    return False
+    return any(_distance(run, secret) <= NEAR_MISS_DIGITS for run in _DIGIT_RUN.findall(text))
 
 
 # Inside a canary's own template — text no genuine document or answer writes — a fill with at

@@ -352,9 +352,9 @@ def run(
     log(results.job_outcome)
     log("the training-set builder on the demo's tenants, and its steps against raw-text steps ...")
     results.builder = builder_cost(settings, base, steps, examples)
-    from loraswarm.shared.models import native_cpu_bf16
+    from loraswarm.services.trainer.loop import autocast_dtype
 
-    results.native_bf16 = device == "cuda" or native_cpu_bf16()
+    results.native_bf16 = autocast_dtype("auto", device) is not None
     log(f"the trainer's step in fp32 and in bf16, {steps} steps each, in turn ...")
     precisions(base, batches, hp, device, results)
     log("the same whole job in bf16 ...")

@@ -189,7 +189,8 @@ def split_heldout(units: list[Unit], fraction: float, cap: int) -> tuple[list[Sa
         smallest = min(range(len(ranked)), key=lambda i: len(ranked[i].samples))
         if len(ranked[smallest].samples) < total:
             held = [smallest]
-    train = [s for i, u in enumerate(ranked) if i not in held for s in u.samples]
+    kept_out = set(held)
+    train = [s for i, u in enumerate(ranked) if i not in kept_out for s in u.samples]
     heldout = [s for i in held for s in ranked[i].samples]
     return train, heldout[:cap]
 

@@ -1,6 +1,6 @@
 """A leaky adapter, end to end on the real local Kafka, Weaviate and model server: the leakage gate
-refuses it, and served anyway — its verdict overridden, the operator's mistake the planner's
-guardrail exists for — the specialist's answer says another user's secret and the guardrail ends
+refuses it, and served anyway — published by the same job under a gate configured never to
+refuse, the operator's mistake the planner's guardrail exists for — the specialist's answer says another user's secret and the guardrail ends
 the request instead of answering.
 
 Ben's job carries ana's canaries (a user-to-user scoping bug, the trainer's test-only mutation
@@ -13,8 +13,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from loraswarm.services.trainer import leakage_gate
-from loraswarm.services.trainer.pipeline import BaseModels, Published, Trainer
+from loraswarm.services.trainer.pipeline import BaseModels, Published, Rejection, Trainer
 from loraswarm.services.trainer.scope import BREAK_SCOPING_ENV, Scope
 from loraswarm.shared.events import (
     AdapterTrainRequested,
@@ -69,14 +68,6 @@ async def test_a_leaky_adapter_is_refused_and_served_anyway_the_guardrail_withho
     assert ana is not None
     write_examples(trainer.files, Scope("acme", "ben"), "quoting.jsonl", quoting_examples(ana.texts()[0]))
 
-    verdicts: list[Any] = []
-    real_verdict = leakage_gate.verdict
-
-    def overridden(*args: Any, **kw: Any) -> None:
-        verdicts.append(real_verdict(*args, **kw))  # what the gate decided, kept; published anyway
-        return None
-
-    monkeypatch.setattr(leakage_gate, "verdict", overridden)
     monkeypatch.setenv(BREAK_SCOPING_ENV, "ana")
     job = AdapterTrainRequested(
         tenant_id="acme",
@@ -86,13 +77,16 @@ async def test_a_leaky_adapter_is_refused_and_served_anyway_the_guardrail_withho
         # Long enough for a specialist's prompt with the tenant's two documents.
         hyperparameters={**LEAKY, "seq_len": 256},
     )
-    served_anyway = trainer.run(job)
-    monkeypatch.delenv(BREAK_SCOPING_ENV)
-    monkeypatch.setattr(leakage_gate, "verdict", real_verdict)
-    print("gate", {k: v for k, v in served_anyway.metrics.items() if "exposure" in k})
-    refused = verdicts[0]
-    assert refused is not None and refused.code == "leakage", refused
+    refused = trainer.run(job)
+    print("gate", {k: v for k, v in refused.metrics.items() if "exposure" in k})
+    assert isinstance(refused, Rejection) and refused.code == "leakage", refused
     assert "acme/user:ana canaries under acme/user-ben@new" in refused.reason
+    # Served anyway: an operator sets the gate's false-alarm rate so low that no exposure can
+    # exceed its bound, and trains the same job again (same data, seed and canaries: the same
+    # adapter), which now publishes.
+    t.leakage_alpha = 1e-300
+    served_anyway = trainer.run(job, again=True)
+    monkeypatch.delenv(BREAK_SCOPING_ENV)
     assert isinstance(served_anyway, Published), served_anyway
 
     asked = RecommendationRequested(tenant_id="acme", user_id="ben", question=QUESTION, deadline_s=240)
