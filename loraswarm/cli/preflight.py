@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
+from typing import Any
 
 import httpx
 
@@ -54,7 +55,7 @@ async def _planner_members(settings: Settings) -> int:
     await admin.start()
     try:
         group_id = settings.kafka.group(PLANNER_GROUP)
-        described = await admin.describe_consumer_groups([group_id])
+        described = await _describe_retrying(admin, group_id)
         members = 0
         for response in described:
             for group in response.groups:
@@ -65,6 +66,23 @@ async def _planner_members(settings: Settings) -> int:
         return members
     finally:
         await admin.close()
+
+
+async def _describe_retrying(admin: Any, group_id: str) -> Any:
+    """describe_consumer_groups, again while Kafka answers a retriable error: on a fresh broker the
+    first group lookup creates __consumer_offsets and is answered GroupCoordinatorNotAvailable
+    until its leader is elected (a second or so), as Kafka's own clients retry it."""
+    from aiokafka.errors import KafkaError
+
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + 2 * CHECK_TIMEOUT_S
+    while True:
+        try:
+            return await admin.describe_consumer_groups([group_id])
+        except KafkaError as exc:
+            if not exc.retriable or loop.time() > deadline:
+                raise
+            await asyncio.sleep(0.2)
 
 
 def planner_problem(settings: Settings) -> str | None:
