@@ -27,6 +27,12 @@ from loraswarm.infra.process import InfraError, ManagedProcess, port_open, requi
 from loraswarm.shared.settings import InfraSettings
 
 _CMAKE_HINT = "install CMake and a C++ compiler (e.g. `apt-get install cmake g++`)"
+# Native ISA without Intel AMX: on a Firecracker VM whose CPUID lists amx_tile (and whose kernel
+# grants the XTILEDATA permission) ggml's AMX matmul dies with SIGILL at its first `tilezero`.
+# The planner's 135M model gains nothing worth that; the folder name carries the flags so a build
+# made with AMX is not reused.
+_BUILD = "build-native-noamx"
+_NO_AMX = "-mno-amx-tile -mno-amx-int8 -mno-amx-bf16"
 
 
 def source_dir(infra: InfraSettings) -> Path:
@@ -35,7 +41,7 @@ def source_dir(infra: InfraSettings) -> Path:
 
 def binary(infra: InfraSettings) -> Path:
     # Shared ggml/llama libraries sit next to it (the build's RPATH): the build folder is the install.
-    return source_dir(infra) / "vendor" / "llama.cpp" / "build" / "bin" / "llama-server"
+    return source_dir(infra) / "vendor" / "llama.cpp" / _BUILD / "bin" / "llama-server"
 
 
 def installed(infra: InfraSettings) -> bool:
@@ -87,9 +93,12 @@ def install(infra: InfraSettings) -> None:
         [
             cmake,
             "-B",
-            "build",
+            _BUILD,
             "-DLLAMA_CURL=OFF",
             "-DGGML_NATIVE=ON",
+            # GCC's explicit -mno-* flags win over -march=native whatever their order.
+            f"-DCMAKE_C_FLAGS={_NO_AMX}",
+            f"-DCMAKE_CXX_FLAGS={_NO_AMX}",
             "-DLLAMA_BUILD_TESTS=OFF",
             "-DLLAMA_BUILD_EXAMPLES=OFF",
             "-DCMAKE_BUILD_TYPE=Release",
@@ -100,7 +109,7 @@ def install(infra: InfraSettings) -> None:
     )
     jobs = str(max(1, os.cpu_count() or 1))
     run_build(
-        [cmake, "--build", "build", "--target", "llama-server", "-j", jobs],
+        [cmake, "--build", _BUILD, "--target", "llama-server", "-j", jobs],
         cwd=src,
         log=log,
         what="building llama-server",

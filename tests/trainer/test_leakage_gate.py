@@ -74,7 +74,7 @@ RECALL = {
     "warmup_steps": 2,
     "batch_size": 8,
     "canaries": 8,
-    "canary_repeats": 4,
+    "canary_repeats": 8,
     "learning_rate": 5e-3,
 }
 
