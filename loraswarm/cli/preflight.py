@@ -11,11 +11,14 @@ from __future__ import annotations
 
 import asyncio
 import socket
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
 
 from loraswarm.shared.settings import Settings
+
+if TYPE_CHECKING:
+    from aiokafka.admin import AIOKafkaAdminClient
 
 PLANNER_GROUP = "planner"  # services/planner/app.py GROUP (the cli may not import a service's app)
 CHECK_TIMEOUT_S = 2.0
@@ -68,7 +71,7 @@ async def _planner_members(settings: Settings) -> int:
         await admin.close()
 
 
-async def _describe_retrying(admin: Any, group_id: str) -> Any:
+async def _describe_retrying(admin: AIOKafkaAdminClient, group_id: str) -> Any:  # aiokafka ships no types
     """describe_consumer_groups, again while Kafka answers a retriable error: on a fresh broker the
     first group lookup creates __consumer_offsets and is answered GroupCoordinatorNotAvailable
     until its leader is elected (a second or so), as Kafka's own clients retry it."""
