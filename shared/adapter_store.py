@@ -149,9 +149,10 @@ class AdapterStore:
         """Make an earlier version current (default: the one before the current)."""
         versions = self.versions(tenant, name)
         current = self.current(tenant, name)
-        if not versions or current is None:
+        if not versions or (current is None and to is None):
             raise AdapterNotFound(f"adapter {tenant}/{name} does not exist")
         if to is None:
+            assert current is not None
             older = [v for v in versions if int(v) < int(current)]
             if not older:
                 raise AdapterError(
@@ -162,6 +163,15 @@ class AdapterStore:
             raise AdapterNotFound(f"adapter {tenant}/{name} has no version {to}")
         self._set_current(tenant, name, to)
         return to
+
+    def withdraw(self, tenant: str, name: str) -> bool:
+        """Stop serving an adapter without deleting it: no version is current (resolving it without
+        a version is then `AdapterNotFound`); `rollback(..., to=)` or a publish makes one current again."""
+        current = self._dir(tenant, name) / "current"
+        if not current.exists():
+            return False
+        current.unlink()
+        return True
 
     def _refusal_file(self, tenant: str, name: str, request_event_id: str) -> Path:
         if not re.fullmatch(r"[0-9a-fA-F-]{1,64}", request_event_id):

@@ -77,7 +77,12 @@ def pull(settings: Settings, model: str | None = None) -> Path:
             _pull_default(Path(tmp), staging)
         else:
             _pull_from_hub(name, staging)
-        staging.rename(target)  # only a complete model counts as pulled
+        try:
+            staging.rename(target)  # only a complete model counts as pulled
+        except OSError:
+            # Another process pulled it meanwhile (`infra up vllm` beside `models pull`): keep theirs.
+            if not (target / "config.json").is_file():
+                raise
     return target
 
 

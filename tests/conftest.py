@@ -22,6 +22,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 
 from loraswarm.infra import jaeger as local_jaeger
 from loraswarm.infra import kafka as local_kafka
+from loraswarm.infra import vllm as local_vllm
 from loraswarm.shared.kafka_client import delete_topics
 from loraswarm.shared.settings import Settings
 
@@ -65,6 +66,19 @@ def jaeger_url() -> str:
     infra = Settings().infra
     local_jaeger.up(infra)
     return f"http://127.0.0.1:{infra.jaeger_query_port}"
+
+
+@pytest.fixture(scope="session")
+def vllm_url() -> Iterator[str]:
+    """Real vLLM (its CPU build, run-time LoRA loading), started if it is not running (installed
+    once: about 6 GB, 4 minutes); its OpenAI base URL. One this session started is stopped at its
+    end: it holds about 6 GB of memory the rest of the suite wants."""
+    infra = Settings().infra
+    started = not local_vllm.process(infra).running()
+    local_vllm.up(infra)
+    yield local_vllm.url(infra)
+    if started:
+        local_vllm.down(infra)
 
 
 def isolated_settings(broker: str, tmp_path: Path, bootstrap: str | None = None) -> Settings:

@@ -167,10 +167,18 @@ def tgi_router(server: ModelServer) -> APIRouter:
 
     @router.get("/v1/models")
     async def models(request: Request) -> dict[str, object]:
-        """The base model, and the adapters of the caller's tenant (usable as `model`)."""
+        """The base model, and the adapters of the caller's tenant (usable as `model`), in vLLM's
+        shape: an adapter's `parent` is the base model and its `root` the folder it is served from."""
         tenant = tenant_of(request.headers, limits)
         data: list[dict[str, object]] = [
-            {"id": server.model_id, "object": "model", "created": 0, "owned_by": server.model_id}
+            {
+                "id": server.model_id,
+                "object": "model",
+                "created": 0,
+                "owned_by": server.model_id,
+                "root": server.model_id,
+                "parent": None,
+            }
         ]
         if tenant is not None:
             for version in server.registry.store.list(tenant):
@@ -180,6 +188,8 @@ def tgi_router(server: ModelServer) -> APIRouter:
                         "object": "model",
                         "created": int(version.manifest.created_at.timestamp()),
                         "owned_by": tenant,
+                        "root": str(version.path),
+                        "parent": server.model_id,
                     }
                 )
         return {"object": "list", "data": data}

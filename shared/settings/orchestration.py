@@ -32,6 +32,41 @@ class OrchestrationSettings(BaseModel):
         default="http://127.0.0.1:3000",
         description="Base URL of TGI (or the model server) that the specialists call with their adapter.",
     )
+    specialist_engine: Literal["loraswarm", "tgi", "vllm"] = Field(
+        default="loraswarm",
+        description="What the specialists answer with: `loraswarm` (the project's model server at "
+        "`tgi_url`), `tgi` (Hugging Face TGI at `tgi_url`) or `vllm` (vLLM's OpenAI API at `vllm_url`).",
+    )
+    vllm_url: str = Field(
+        default="http://127.0.0.1:8000/v1",
+        description="OpenAI base URL of vLLM, for `specialist_engine: vllm`.",
+    )
+    vllm_base_model: str = Field(
+        default="",
+        description="vLLM's served name of the base model (for specialists without an adapter); empty: "
+        "the model its `/v1/models` lists without a parent.",
+    )
+    vllm_api_key: SecretStr | None = Field(
+        default=None,
+        description="vLLM's `--api-key`, sent by the specialists and the vLLM loader (`Authorization: Bearer`).",
+    )
+    vllm_reconcile_s: float = Field(
+        default=30.0,
+        gt=0,
+        description="How often the vLLM loader compares what vLLM has loaded with the adapter store "
+        "(besides each `adapter.published`): rollbacks, deletions and adapters trained from the CLI.",
+    )
+    vllm_loader_group: str = Field(
+        default="vllm-loader",
+        description="Kafka consumer group of the vLLM loader. Run-time adapters are per vLLM process, "
+        "so a loader beside each vLLM replica needs a group of its own (deploy/k8s: the pod's name).",
+    )
+    vllm_max_lora_rank: int = Field(
+        default=32,
+        ge=1,
+        description="vLLM's `--max-lora-rank`: the loader leaves out adapters above it (a served "
+        "stack's rank is the sum of its parts').",
+    )
     tgi_api_key: SecretStr | None = Field(
         default=None,
         description="Service key the specialists send to the model server (`Authorization: Bearer`); it "

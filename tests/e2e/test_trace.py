@@ -141,13 +141,14 @@ async def test_one_request_is_one_trace_across_every_service(
     } <= seen, seen
 
     # Every model-server request continues the LLM client span that made it: the planner's chat
-    # calls (plan, compose) and the specialist's TGI call with the tenant's adapter stack.
+    # calls (plan, compose) and the specialist's TGI call with the user's served stack.
     served = [s for s in spans if s.service == "model-server" and s.kind == "server"]
     callers = {(parent(s).service, parent(s).kind) for s in served}
     assert callers == {("planner", "client"), ("specialist", "client")}, callers
     tgi = [s for s in served if parent(s).service == "specialist"]
     assert tgi, "no specialist call reached the model server"
-    assert [parent(s).name for s in tgi] == ["text_completion acme/company+acme/user-ana"] * len(tgi)
+    # ana's pair goes out as its published stack (shared/stacks.py).
+    assert [parent(s).name for s in tgi] == ["text_completion acme/user-ana.stack"] * len(tgi)
     for call in tgi:
         task = parent(parent(call))
         assert (task.kind, task.name) == ("consumer", f"process {prefix}specialist.task")

@@ -30,6 +30,7 @@ from loraswarm.shared.events import (
 )
 from loraswarm.shared.retrieval import load_embedder, retriever
 from loraswarm.shared.settings import ModelServerSettings, Settings
+from loraswarm.shared.stacks import publish_stack
 from loraswarm.shared.vectorstore import shared_store
 from tests.model_server.conftest import AdapterFactory, AdapterSpec
 from tests.planner.conftest import ACME, write_tenant
@@ -82,6 +83,8 @@ def publish_adapters(settings: Settings, root: Path) -> None:
     for seed, adapter in enumerate(["acme/company", "acme/user-ana", "globex/company"], start=10):
         tenant, name = adapter.split("/")
         factory.publish(store, AdapterSpec(tenant, name, 8, targets, seed=seed, scale=0.05))
+    # What the trainer publishes beside ana's adapter once it passes its gate: the pair, joined.
+    publish_stack(store, store.resolve("acme/user-ana"), store.resolve("acme/company"))
 
 
 def ingest(settings: Settings) -> None:

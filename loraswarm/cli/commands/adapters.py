@@ -327,17 +327,26 @@ def rollback(
     adapter_id: str = typer.Argument(..., help="`<tenant>/<name>`."),
     to: str | None = typer.Option(None, "--to", help="The version to make current (default: the previous)."),
 ) -> None:
-    """Make an earlier version current; the model server serves it from its next request."""
+    """Make an earlier version current; the model server serves it from its next request. The
+    served stacks it is part of roll back with it (to the pair gated with that version)."""
     from loraswarm.shared.adapter_store import AdapterError, AdapterStore, parse_adapter_id
+    from loraswarm.shared.stacks import rollback_with_stacks
 
     store = AdapterStore.under(Settings().data_dir)
     try:
         ref = parse_adapter_id(adapter_id)
-        version = store.rollback(ref.tenant_id, ref.name, to or ref.version)
+        version, stacks = rollback_with_stacks(store, ref.tenant_id, ref.name, to or ref.version)
     except AdapterError as exc:
         console.print(f"[red]{exc}[/red]")
         raise typer.Exit(1) from exc
     console.print(f"{ref.tenant_id}/{ref.name}: version {version} is current")
+    for stack, now in stacks.items():
+        console.print(
+            f"{ref.tenant_id}/{stack}: version {now} is current"
+            if now
+            else f"{ref.tenant_id}/{stack}: withdrawn (no pair was gated with version {version}; its user "
+            "is served the company adapter alone until the stack is renewed)"
+        )
 
 
 @adapters_app.command()
