@@ -16,6 +16,7 @@ request (vLLM, TGI) serve that id; the specialists send it for every engine.
 - Rolled back together: `rollback_with_stacks` makes current, for each stack an adapter is part of,
   the newest pair gated with the version rolled back to, and withdraws a stack that has none (the
   specialists then answer with the company adapter alone).
+- Deleted together: `delete_with_stacks` deletes the stacks an adapter is part of with it.
 
 A user without a stack of their own (no user adapter yet, or a LLaMA-Adapter user adapter, which
 does not join) is served as before: `served_candidates` says what to try, in order.
@@ -178,3 +179,16 @@ def rollback_with_stacks(
             store.rollback(tenant, stack, newest)
         moved[stack] = newest
     return version, moved
+
+
+def delete_with_stacks(store: AdapterStore, tenant: str, name: str) -> list[str] | None:
+    """Delete an adapter and every stack it is a part of (a stack holds its parts' weights: a
+    deleted user adapter, or company adapter, must not go on being served inside one). The
+    stacks deleted; None when the adapter does not exist."""
+    stacks = stacks_with(store, tenant, name)
+    if not store.delete(tenant, name):
+        return None
+    for stack in stacks:
+        store.delete(tenant, stack)
+        log.info("%s/%s deleted with its part %s", tenant, stack, name)
+    return stacks

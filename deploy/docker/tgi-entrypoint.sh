@@ -5,7 +5,8 @@
 # unknown adapter_id with the base model, so the list must be complete at start. This lists the
 # current version of each adapter under $ADAPTER_STORE (layout: shared/adapter_store.py,
 # <tenant>/<name>/current naming <tenant>/<name>/versions/<n>/) as `<tenant>/<name>=<folder>`:
-# the adapter ids the specialists send. A LORA_ADAPTERS set by hand is kept as it is.
+# the adapter ids the specialists send, served stacks (`<tenant>/<name>.stack`) included. A
+# LORA_ADAPTERS set by hand is kept as it is.
 # Restart TGI to serve adapters published after it started.
 set -eu
 

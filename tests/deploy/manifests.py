@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -211,3 +211,21 @@ def loraswarm_setting_names() -> set[str]:
     from loraswarm.docs import setting_rows
 
     return {row.env for row in setting_rows()}
+
+
+# ---------------------------------------------------------------- engines' command lines
+
+
+def option(argv: Sequence[object], flag: str) -> str:
+    """The value that follows `flag` in a command line (`--flag value`, as vLLM and TGI take them)."""
+    args = [str(a) for a in argv]
+    assert args.count(flag) == 1, f"{flag} must appear exactly once in {args}"
+    at = args.index(flag) + 1
+    assert at < len(args) and not args[at].startswith("--"), f"{flag} has no value in {args}"
+    return args[at]
+
+
+def vllm_reads_true(value: str | None) -> bool:
+    """vLLM's own reading of a boolean variable such as VLLM_ALLOW_RUNTIME_LORA_UPDATING
+    (vllm/envs.py): `1` or `true`, any case, around spaces; anything else is off."""
+    return value is not None and value.strip().lower() in ("1", "true")

@@ -5,19 +5,31 @@ from __future__ import annotations
 import importlib
 import inspect
 import json
+import re
 from collections.abc import Callable
 from importlib import resources
-from typing import Any
+from typing import Any, get_args
+from urllib.parse import urlsplit
 
 import jsonschema  # type: ignore[import-untyped,unused-ignore]
 import pytest
 
 from loraswarm.cli.serve import available
+from loraswarm.infra import vllm as local_vllm
 from loraswarm.shared.adapter_store import AdapterStore
 from loraswarm.shared.models import cached_path
-from loraswarm.shared.settings import Settings
+from loraswarm.shared.settings import OrchestrationSettings, Settings
 from tests.deploy import manifests
-from tests.deploy.manifests import ROOT, compose, environment_of, interpolate, parse_command
+from tests.deploy.manifests import (
+    COMPOSE,
+    ROOT,
+    compose,
+    environment_of,
+    interpolate,
+    option,
+    parse_command,
+    vllm_reads_true,
+)
 
 IMAGE = "loraswarm:latest"
 
@@ -65,13 +77,15 @@ def test_the_production_stack_is_all_there() -> None:
     assert images["kafka"].startswith("apache/kafka:")
     assert services["kafka"]["environment"]["KAFKA_PROCESS_ROLES"] == "broker,controller"  # KRaft
     assert "weaviate" in images["weaviate"]
+    assert images["vllm"].startswith("vllm/vllm-openai:")
     assert "text-generation-inference" in images["tgi"]
     assert "opentelemetry-collector" in images["otel-collector"]
     assert "jaeger" in images["jaeger"]
     assert "prometheus" in images["prometheus"]
     assert "grafana" in images["grafana"]
-    gpu = services["tgi"]["deploy"]["resources"]["reservations"]["devices"][0]
-    assert gpu["capabilities"] == ["gpu"]
+    for engine in ("vllm", "tgi"):
+        gpu = services[engine]["deploy"]["resources"]["reservations"]["devices"][0]
+        assert gpu["capabilities"] == ["gpu"], engine
 
 
 def _container_env(service: dict[str, Any]) -> dict[str, str]:
@@ -81,6 +95,112 @@ def _container_env(service: dict[str, Any]) -> dict[str, str]:
         {k: v for k, v in environment_of(service).items() if k.startswith("LORASWARM_") and v is not None}
     )
     return env
+
+
+def _mounts(service: dict[str, Any]) -> dict[str, tuple[str, bool]]:
+    """A compose service's volumes, short syntax: source -> (path in the container, read-only)."""
+    found = {}
+    for mount in service.get("volumes") or []:
+        source, target, *mode = str(mount).split(":")
+        found[source] = (target, "ro" in (mode[0].split(",") if mode else []))
+    return found
+
+
+def _vllm_argv(service: dict[str, Any]) -> list[str]:
+    return [str(part) for part in [*service["entrypoint"], *service["command"]]]
+
+
+def test_vllm_loads_adapters_at_run_time(settings_from: Callable[[dict[str, str]], Settings]) -> None:
+    services = compose()["services"]
+    vllm = services["vllm"]
+    argv = _vllm_argv(vllm)
+    assert argv[:2] == ["vllm", "serve"]
+    # Run-time loading (POST /v1/load_lora_adapter, what vllm-loader calls) needs both.
+    assert "--enable-lora" in argv
+    assert vllm_reads_true(environment_of(vllm).get("VLLM_ALLOW_RUNTIME_LORA_UPDATING"))
+    assert int(option(argv, "--max-cpu-loras")) >= int(option(argv, "--max-loras"))
+    # The loader leaves out adapters above the rank it believes vLLM takes: the same number.
+    loader = settings_from(_container_env(services["vllm-loader"]))
+    assert int(option(argv, "--max-lora-rank")) == loader.orchestration.vllm_max_lora_rank
+    # vLLM serves the folder models-pull wrote (<model_cache>/<base model>), once it is written.
+    pull = settings_from(_container_env(services["models-pull"]))
+    models_at, read_only = _mounts(vllm)["models"]
+    assert read_only
+    assert argv[2] == f"{models_at}/{cached_path(pull).relative_to(pull.model_cache)}"
+    assert vllm["depends_on"]["models-pull"]["condition"] == "service_completed_successfully"
+    # The base model under the name the local vLLM (and its tests) use; the specialists find it
+    # by that name or, with vllm_base_model empty, as the model without a parent.
+    served = option(argv, "--served-model-name")
+    assert served == local_vllm.SERVED_NAME
+    specialist = settings_from(_container_env(services["specialist"]))
+    assert specialist.orchestration.vllm_base_model in ("", served)
+
+
+def test_vllm_and_its_loader_see_the_adapter_store_at_the_same_path(
+    settings_from: Callable[[dict[str, str]], Settings],
+) -> None:
+    """vllm-loader hands vLLM the folders by its own absolute paths (`lora_path`): vLLM must find
+    them there, so both mount the store where the loader's settings put it, and the trainer
+    writes it."""
+    services = compose()["services"]
+    loader = settings_from(_container_env(services["vllm-loader"]))
+    root = str(AdapterStore.under(loader.data_dir).root)
+    for name in ("vllm", "vllm-loader"):
+        target, read_only = _mounts(services[name])["adapters"]
+        assert target == root, f"{name} mounts the adapter store at {target}, the loader reads {root}"
+        assert read_only, f"{name}: only the trainer writes the adapter store"
+    assert _mounts(services["trainer"])["adapters"] == (root, False)
+    path, params = parse_command([str(p) for p in services["vllm-loader"]["command"]])
+    assert (path, params["service"], params["broker"]) == (["serve"], "vllm_loader", "kafka")
+    # It retries vLLM until vLLM answers, so it waits for Kafka only.
+    assert set(services["vllm-loader"]["depends_on"]) == {"kafka"}
+
+
+def test_the_specialists_answer_with_vllm_by_default(
+    settings_from: Callable[[dict[str, str]], Settings],
+) -> None:
+    services = compose()["services"]
+    vllm = services["vllm"]
+    port = int(option(_vllm_argv(vllm), "--port"))
+    assert f"localhost:{port}/health" in " ".join(vllm["healthcheck"]["test"])
+    vllm_key = environment_of(vllm)["VLLM_API_KEY"]
+    assert vllm_key
+    for name in ("specialist", "vllm-loader"):
+        o = settings_from(_container_env(services[name])).orchestration
+        assert o.specialist_engine == "vllm", name
+        url = urlsplit(o.vllm_url)
+        assert (url.hostname, url.port, url.path.rstrip("/")) == ("vllm", port, "/v1"), name
+        assert o.vllm_api_key is not None and o.vllm_api_key.get_secret_value() == vllm_key, name
+    # The host's variables move both ends together.
+    custom = compose({"SPECIALIST_ENGINE": "tgi", "VLLM_API_KEY": "k-123"})["services"]
+    o = settings_from(_container_env(custom["specialist"])).orchestration
+    assert o.specialist_engine == "tgi"
+    assert o.vllm_api_key is not None and o.vllm_api_key.get_secret_value() == "k-123"
+    assert environment_of(custom["vllm"])["VLLM_API_KEY"] == "k-123"
+
+
+def test_tgi_starts_only_with_its_profile() -> None:
+    services = compose()["services"]
+    assert services["tgi"].get("profiles") == ["tgi"]
+    default = {name for name, svc in services.items() if not svc.get("profiles")}
+    assert {"vllm", "vllm-loader", "specialist", "model-server"} <= default
+    for name in default:
+        # A dependency on a service in a profile would start it (or fail) without the profile.
+        assert "tgi" not in (services[name].get("depends_on") or {}), name
+
+
+def test_the_header_documents_each_engine() -> None:
+    """The commands in the file's header name real engines, TGI's with its profile."""
+    header = COMPOSE.read_text().split("\nname:", 1)[0]
+    engines = set(get_args(OrchestrationSettings.model_fields["specialist_engine"].annotation))
+    documented = {}
+    for line in header.splitlines():
+        for engine in re.findall(r"SPECIALIST_ENGINE=(\S+)", line):
+            assert engine in engines, f"the header names an engine {engine!r}; there are {sorted(engines)}"
+            documented[engine] = line
+    assert set(documented) == engines - {"vllm"}, documented  # vllm: the default, no variable
+    assert "--profile tgi" in documented["tgi"]
+    assert "--scale vllm=0" in documented["loraswarm"]
 
 
 def test_tgi_reads_the_adapter_store_that_the_trainer_writes(

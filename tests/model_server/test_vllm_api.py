@@ -21,8 +21,16 @@ def client(served: Served, tenant: str = "acme") -> openai.OpenAI:
 
 def test_completions_with_an_adapter_as_the_model(served: Served) -> None:
     api = client(served)
-    listed = {m.id for m in api.models.list().data}
+    models = {m.id: m for m in api.models.list().data}
+    listed = set(models)
     assert {"acme/support", "acme/user-7"} <= listed and not any(m.startswith("globex/") for m in listed)
+    # vLLM's shape: an adapter's parent is the base model, its root the folder it is served from.
+    support = models["acme/support"].model_dump()
+    assert (
+        support["parent"] == "SmolLM2-135M-Instruct"
+        and models["SmolLM2-135M-Instruct"].model_dump()["parent"] is None
+    )
+    assert support["root"] == str(served.store.resolve("acme/support").path)
     adapted = api.completions.create(model="acme/support", prompt=PROMPT, max_tokens=8, temperature=0)
     base = api.completions.create(model="SmolLM2-135M-Instruct", prompt=PROMPT, max_tokens=8, temperature=0)
     assert adapted.model == "acme/support" and adapted.object == "text_completion"

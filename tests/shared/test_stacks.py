@@ -12,6 +12,7 @@ from loraswarm.shared.adapter_store import AdapterManifest, AdapterNotFound, Ada
 from loraswarm.shared.settings import Settings
 from loraswarm.shared.stacks import (
     StackPart,
+    delete_with_stacks,
     parts_of,
     publish_stack,
     rollback_with_stacks,
@@ -134,3 +135,16 @@ def test_a_stack_with_no_pair_on_the_version_rolled_back_to_is_withdrawn(
     assert [v.ref.name for v in store.list("acme")] == ["company", "user-ana"]
     # Rolling forward brings it back.
     assert rollback_with_stacks(store, "acme", "company", "2") == ("2", {"user-ana.stack": "1"})
+
+
+def test_deleting_an_adapter_deletes_the_stacks_that_hold_its_weights(
+    factory: AdapterFactory, store: AdapterStore
+) -> None:
+    company = publish(factory, store, "company", 1)
+    publish_stack(store, publish(factory, store, "user-ana", 2, user="ana"), company)
+    publish_stack(store, publish(factory, store, "user-bo", 3, user="bo"), company)
+    assert delete_with_stacks(store, "acme", "user-ana") == ["user-ana.stack"]
+    assert [v.ref.name for v in store.list("acme")] == ["company", "user-bo", "user-bo.stack"]
+    assert delete_with_stacks(store, "acme", "company") == ["user-bo.stack"]
+    assert [v.ref.name for v in store.list("acme")] == ["user-bo"]
+    assert delete_with_stacks(store, "acme", "company") is None

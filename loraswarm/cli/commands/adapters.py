@@ -362,9 +362,11 @@ def delete(
     ),
     yes: bool = typer.Option(False, "--yes", "-y", help="Do not ask for confirmation."),
 ) -> None:
-    """Delete an adapter (all versions), or a whole tenant's adapters and data (its scopes' canaries too)."""
+    """Delete an adapter (all versions, and the served stacks it is part of), or a whole tenant's
+    adapters and data (its scopes' canaries too)."""
     from loraswarm.services.gateway.tenant_admin import TenantAdminError, delete_data
     from loraswarm.shared.adapter_store import AdapterError, AdapterStore, parse_adapter_id
+    from loraswarm.shared.stacks import delete_with_stacks
 
     if (adapter_id is None) == (tenant is None):
         console.print("[red]name an adapter or --tenant, not both[/red]")
@@ -382,10 +384,13 @@ def delete(
         except AdapterError as exc:
             console.print(f"[red]{exc}[/red]")
             raise typer.Exit(1) from exc
-        if not store.delete(ref.tenant_id, ref.name):
+        stacks = delete_with_stacks(store, ref.tenant_id, ref.name)
+        if stacks is None:
             console.print(f"[red]adapter {ref.tenant_id}/{ref.name} does not exist[/red]")
             raise typer.Exit(1)
         console.print(f"deleted {ref.tenant_id}/{ref.name}")
+        for stack in stacks:
+            console.print(f"deleted {ref.tenant_id}/{stack} (the served stack it was part of)")
         return
     assert tenant is not None
     try:
