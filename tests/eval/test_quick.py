@@ -137,7 +137,9 @@ def test_quick_eval_end_to_end(tmp_path: Path, observed: Observed) -> None:
     # The swarm: the planner retrieves; both specialists fit the plan (planning: auto), so both
     # answer every question with the adapters and no plan call is made (the primary LLM, no
     # adapter, is asked at most to phrase).
+    # A user's questions go out as the user's served stack (company + personal, joined).
     swarm = observed.adapters("swarm")
-    assert sum(v for k, v in swarm.items() if company in k) >= 2 * n
+    assert sum(v for k, v in swarm.items() if company in k or f"{personal}.stack" in k) >= 2 * n
+    assert swarm[(f"{personal}.stack",)] > 0
     assert observed.retrieved("swarm")
     assert all(t == tenant for c, _, t in observed.generations if c != "setup" and t is not None)

@@ -213,7 +213,15 @@ def test_an_adapter_that_learned_another_users_canaries_is_refused_and_one_that_
     monkeypatch.setattr(leakage_gate, "measure", keep_the_model)
     monkeypatch.setenv(BREAK_SCOPING_ENV, "alice")
     leaky = train(
-        trainer, "acme", "user-bob", "bob", documents=False, examples_path="quoting.jsonl", hp=LEAKY
+        trainer,
+        "acme",
+        "user-bob",
+        "bob",
+        documents=False,
+        examples_path="quoting.jsonl",
+        # Longer than LEAKY: at 80 steps the full suite (Intel, 2026-12-03) once had the adapter,
+        # served anyway, answer "35%||0909999..." instead of her secret (it passed alone).
+        hp={**LEAKY, "steps": 120},
     )
     monkeypatch.delenv(BREAK_SCOPING_ENV)
     monkeypatch.setattr(leakage_gate, "measure", real_measure)
