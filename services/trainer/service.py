@@ -45,37 +45,24 @@ _STACK_INDEX = 1
 def outcome_events(request: AdapterTrainRequested, outcome: Outcome) -> list[Envelope]:
     """The request's outcome; a user adapter's served stack is announced first, so whoever sees
     the user adapter published finds its stack already published (same tenant key: same order)."""
-    if isinstance(outcome, Published):
-        events: list[Envelope] = []
-        if outcome.stack is not None:
-            events.append(
-                request.caused(
-                    AdapterPublished,
-                    index=_STACK_INDEX,
-                    adapter_id=outcome.stack.ref.unversioned,
-                    version=str(outcome.stack.ref.version),
-                    uri=str(outcome.stack.path),
-                    metrics=finite(outcome.metrics),
-                )
-            )
-        events.append(
+    metrics = finite(outcome.metrics)
+    if not isinstance(outcome, Published):
+        return [
             request.caused(
-                AdapterPublished,
+                AdapterRejected,
                 adapter_id=outcome.adapter_id,
-                version=outcome.version,
-                uri=outcome.uri,
-                metrics=finite(outcome.metrics),
+                reason=outcome.reason,
+                code=outcome.code,
+                metrics=metrics,
             )
-        )
-        return events
+        ]
+    published = [(0, outcome.adapter_id, outcome.version, outcome.uri)]
+    if outcome.stack is not None:
+        stack = outcome.stack
+        published.insert(0, (_STACK_INDEX, stack.ref.unversioned, str(stack.ref.version), str(stack.path)))
     return [
-        request.caused(
-            AdapterRejected,
-            adapter_id=outcome.adapter_id,
-            reason=outcome.reason,
-            code=outcome.code,
-            metrics=finite(outcome.metrics),
-        )
+        request.caused(AdapterPublished, index=i, adapter_id=a, version=v, uri=u, metrics=metrics)
+        for i, a, v, u in published
     ]
 
 
