@@ -14,6 +14,7 @@ an error, and a same-name reload has served stale weights (vLLM #42125).
 
 from __future__ import annotations
 
+import json
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -63,8 +64,6 @@ def wanted(store: AdapterStore, *, max_rank: int) -> tuple[dict[str, str], dict[
 
 
 def _rank(folder: Path) -> int | None:
-    import json
-
     try:
         config = json.loads((folder / "adapter_config.json").read_text())
     except (OSError, ValueError):
