@@ -18,6 +18,7 @@ from loraswarm.bench.machine import describe
 from loraswarm.bench.report import write_section
 from loraswarm.eval.conditions import LLAMA_TWINS
 from loraswarm.eval.publish import compare
+from loraswarm.eval.report import recipe_words
 from loraswarm.eval.scoring import Estimate, bootstrap
 
 SECTION = "llama_adapter"
@@ -79,8 +80,9 @@ def section(report: dict[str, Any]) -> str:
         + "`)",
         "",
         f"Machine: {describe()}. One run of `loraswarm eval` (seed {report['settings']['seed']}, "
-        f"{report['sizes']['questions']} questions, {report['sizes']['training_steps']} training steps per adapter, "
-        f"the same data and hyper-parameters for both methods; whole run {t['total'] / 60:.1f} min). "
+        f"{report['sizes']['questions']} questions; adapters trained for "
+        f"{recipe_words(report['settings']['hyperparameters'])}, the same data, steps and batches for both "
+        f"methods; whole run {t['total'] / 60:.1f} min). "
         "A user's LLaMA-Adapter is trained and served on top of the company LoRA (a stack holds at most one "
         "LLaMA-Adapter), so the user-adapter rows compare user questions only, where the two differ; the "
         "company row compares every question. Mean [95% bootstrap CI].",

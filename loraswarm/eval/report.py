@@ -199,13 +199,33 @@ def build(run: EvalRun) -> dict[str, Any]:
     }
 
 
+def recipe_words(hp: dict[str, Any]) -> str:
+    """The training recipe in a few words: "4 epochs (at most 400 steps) of 8, LoRA r16 on all-linear, lr 2e-3"."""
+    steps = (
+        f"{hp['epochs']:g} epochs (at most {hp['steps']} steps)"
+        if hp.get("epochs")
+        else f"{hp['steps']} steps"
+    )
+    batch = f" of {hp['batch_size']}" if "batch_size" in hp else ""
+    lora = " ".join(
+        part
+        for part in (
+            f"LoRA r{hp['r']}" if "r" in hp else "",
+            "on " + ",".join(hp["target_modules"]) if "target_modules" in hp else "",
+            f"at lr {hp['learning_rate']:g}" if "learning_rate" in hp else "",
+        )
+        if part
+    )
+    return f"{steps}{batch} each" + (f" ({lora}; a LLaMA-Adapter at its own rate)" if lora else "")
+
+
 def markdown(report: dict[str, Any], chart: str | None = "chart.png") -> str:
     sizes, est, costs = report["sizes"], report["estimates"], report["costs"]
     lines = [
         f"Sizes: {sizes['tenants']} tenant(s), {sizes['users']} user(s), {sizes['questions']} questions "
         f"({', '.join(f'{n} {k}' for k, n in sizes['questions_by_kind'].items())}; "
         f"{sizes['two_source_questions']} need two sources), {sizes['chunks_indexed']} chunks indexed, "
-        f"{sizes['adapters_trained']} LoRA adapter(s) of {sizes['training_steps']} steps each. "
+        f"{sizes['adapters_trained']} adapter(s), {recipe_words(report['settings']['hyperparameters'])}. "
         f"Every condition answers the same questions with the same base model, greedy decoding, "
         f"{report['settings']['concurrency']} requests at a time. Mean [95% bootstrap CI].",
         "",
@@ -244,12 +264,16 @@ def markdown(report: dict[str, Any], chart: str | None = "chart.png") -> str:
                 f"{_fmt(e['process_order'])} | {_fmt(e['style_adherence'])} |"
             )
     lines += ["", "Adapters (trained by the trainer, LoRA; held-out loss before → after):", ""]
-    lines += ["| adapter | outcome | held-out loss | seconds |", "|---|---|---|---|"]
+    lines += [
+        "| adapter | outcome | training sequences | steps | held-out loss | seconds |",
+        "|---|---|---:|---:|---|---|",
+    ]
     for a in report["adapters"]:
         m = a["metrics"]
         loss = f"{m['start_heldout_loss']:.3f} → {m['heldout_loss']:.3f}" if "heldout_loss" in m else "–"
         outcome = f"published {a['detail']}" if a["published"] else f"rejected ({a['detail']})"
-        lines.append(f"| {a['adapter_id']} | {outcome} | {loss} | {a['seconds']:.0f} |")
+        seqs, steps = (f"{m[k]:.0f}" if k in m else "–" for k in ("train_sequences", "steps"))
+        lines.append(f"| {a['adapter_id']} | {outcome} | {seqs} | {steps} | {loss} | {a['seconds']:.0f} |")
     if chart:
         lines += ["", f"![personalization benchmark]({chart})"]
     return "\n".join(lines) + "\n"

@@ -23,6 +23,7 @@ from loraswarm.eval import conditions
 from loraswarm.eval.conditions import ALL_CONDITIONS, CONDITIONS, SPECS, Answer, ConditionName, EvalContext
 from loraswarm.eval.questions import EvalQuestion, Kind, read_questions
 from loraswarm.shared.settings import Settings
+from loraswarm.shared.settings.trainer import LORA_ONLY
 
 
 class EvalError(Exception):
@@ -202,6 +203,13 @@ def needed_llama_adapters(config: EvalConfig, questions: list[EvalQuestion]) -> 
     return wanted
 
 
+def _steps(config: EvalConfig) -> str:
+    epochs = config.hyperparameters.get("epochs")
+    return (
+        f"{epochs:g} epochs (at most {config.steps} steps) each" if epochs else f"{config.steps} steps each"
+    )
+
+
 def train(
     settings: Settings,
     config: EvalConfig,
@@ -222,6 +230,10 @@ def train(
     # Canaries off: the leakage gate is the trainer's own test (tests/trainer); here every
     # training token should be the tenant's data, so the comparison with RAG is fair.
     hp = {"steps": config.steps, "canaries": 0, "seed": config.seed, **config.hyperparameters}
+    if method == "llama_adapter":
+        # The size's LoRA recipe (rank, layers, LoRA's learning rate) is not LLaMA-Adapter's: it
+        # trains at its own default rate on the same data, steps and batches.
+        hp = {k: v for k, v in hp.items() if k not in LORA_ONLY and k != "learning_rate"}
     if recipe == "raw":
         hp["stack_on"] = "raw-company"
     done = []
@@ -316,11 +328,11 @@ def run_eval(config: EvalConfig, console: Console) -> EvalRun:
         state = "published" if item.published else "[red]rejected[/red]"
         console.print(f"  adapter {item.adapter_id} {state} {item.detail} ({item.seconds:.0f} s)")
 
-    console.print(f"training {len(wanted)} adapter(s), {config.steps} steps each ...")
+    console.print(f"training {len(wanted)} adapter(s), {_steps(config)} ...")
     adapters = train(settings, config, wanted, trained)
     llama_wanted = needed_llama_adapters(config, questions) if config.train else []
     if llama_wanted:
-        console.print(f"training {len(llama_wanted)} LLaMA-Adapter(s), {config.steps} steps each ...")
+        console.print(f"training {len(llama_wanted)} LLaMA-Adapter(s), {_steps(config)} ...")
         adapters += train(settings, config, llama_wanted, trained, method="llama_adapter")
     timings["train"] = time.monotonic() - t0
     published = {(a.tenant, a.user): a.adapter_id for a in adapters if a.published and a.method == "lora"}
@@ -329,7 +341,7 @@ def run_eval(config: EvalConfig, console: Console) -> EvalRun:
     if raw_wanted:
         t0 = time.monotonic()
         console.print(
-            f"training {len(raw_wanted)} raw-text adapter(s) (the builder off), {config.steps} steps each ..."
+            f"training {len(raw_wanted)} raw-text adapter(s) (the builder off), {_steps(config)} ..."
         )
         raw = train(settings, config, raw_wanted, trained, recipe="raw")
         timings["train_raw"] = time.monotonic() - t0

@@ -28,6 +28,7 @@ import torch
 from loraswarm.services.trainer.builder.model import BuiltExample
 from loraswarm.services.trainer.corpus import CorpusChunk
 from loraswarm.services.trainer.examples import ChatExample, Message
+from loraswarm.shared.settings.trainer import Hyperparameters
 
 IGNORE = -100  # label of a token that is not learned (transformers' convention)
 _MIN_BLOCK = 2  # a block needs a token to predict and one to predict it from
@@ -149,6 +150,37 @@ def mix_units(raw: Sequence[Unit], built: Sequence[Unit], raw_share: float) -> l
     for u in built:
         merged.setdefault(u.key, []).extend(u.samples)
     return [Unit(key, samples) for key, samples in sorted(merged.items()) if samples]
+
+
+def scope_units(
+    chunks: Sequence[CorpusChunk],
+    built: Sequence[BuiltExample] | None,
+    tokenizer: Any,
+    *,
+    seq_len: int,
+    max_example_tokens: int,
+    raw_text_share: float,
+    min_tokens: int,
+) -> tuple[list[Unit], int]:
+    """(one scope's units: raw blocks mixed with its built examples, how many built examples were
+    too long). A small scope keeps all of its raw text: thinning it would leave fewer than
+    `min_tokens` learned tokens and refuse the scope as a tiny dataset."""
+    units = document_units(chunks, tokenizer, seq_len)
+    if built is None:
+        return units, 0
+    made, too_long = built_units(built, tokenizer, max_example_tokens)
+    mixed = mix_units(units, made, raw_text_share)
+    if sum(x.learned_tokens for u in mixed for x in u.samples) < min_tokens:
+        mixed = mix_units(units, made, 1.0)
+    return mixed, too_long
+
+
+def steps_for(hp: Hyperparameters, sequences: int) -> int:
+    """The job's optimizer steps: `hp.steps`, or fewer when `hp.epochs` passes over `sequences`
+    take fewer (at least one step)."""
+    if hp.epochs is None:
+        return hp.steps
+    return max(1, min(hp.steps, math.ceil(hp.epochs * sequences / hp.batch_size)))
 
 
 def _template_ids(tokenizer: Any, messages: list[dict[str, str]], *, generation_prompt: bool) -> list[int]:

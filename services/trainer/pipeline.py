@@ -37,13 +37,12 @@ from loraswarm.services.trainer.corpus import CorpusChunk, TrainingCorpus, Vecto
 from loraswarm.services.trainer.dataset import (
     TrainingSet,
     Unit,
-    built_units,
     canary_sample,
-    document_units,
     example_sample,
     fingerprint,
-    mix_units,
+    scope_units,
     split_heldout,
+    steps_for,
     training_batches,
 )
 from loraswarm.services.trainer.errors import (
@@ -228,6 +227,7 @@ class Trainer:
         stack = self._check(job)
         _, tokenizer = self.base.get()
         data = self._gather(job, tokenizer)
+        job.hp = job.hp.model_copy(update={"steps": steps_for(job.hp, len(data.train))})
         model = self.base.fresh()
         if stack is not None:
             model = methods.merge(model, str(stack.path))
@@ -363,16 +363,18 @@ class Trainer:
                     else " and an examples file with no lines"
                 )
             )
-        units = document_units(chunks, tokenizer, job.hp.seq_len)
         b = s.builder
         built = self.build_set(scope, chunks) if b.enabled and chunks else None
+        units, too_long = scope_units(
+            chunks,
+            built.examples if built is not None else None,
+            tokenizer,
+            seq_len=job.hp.seq_len,
+            max_example_tokens=b.max_example_tokens,
+            raw_text_share=b.raw_text_share,
+            min_tokens=2 * s.min_train_tokens,
+        )
         if built is not None:
-            made, too_long = built_units(built.examples, tokenizer, b.max_example_tokens)
-            mixed = mix_units(units, made, b.raw_text_share)
-            # A small scope keeps all of its text: thinning it would refuse it as a tiny dataset.
-            if sum(x.learned_tokens for u in mixed for x in u.samples) < 2 * s.min_train_tokens:
-                mixed = mix_units(units, made, 1.0)
-            units = mixed
             job.metrics |= built.metrics() | {"dropped_too_long": float(too_long)}
         # The tenant's own examples keep priority over built ones: never dropped, and repeated.
         repeats = b.own_example_repeats if built is not None and built.examples else 1

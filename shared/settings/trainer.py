@@ -25,7 +25,17 @@ class Hyperparameters(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    steps: int = Field(default=100, ge=1, le=100_000, description="Optimizer steps of one job.")
+    steps: int = Field(
+        default=100, ge=1, le=100_000, description="Optimizer steps of one job (the most, when `epochs` is set)."
+    )
+    epochs: float | None = Field(
+        default=None,
+        gt=0,
+        le=1000,
+        description="Passes over the training sequences: the job then takes ceil(epochs x sequences / "
+        "batch_size) steps, at most `steps`, so a small scope is not trained many times over (unset: "
+        "`steps` steps whatever the data).",
+    )
     learning_rate: float | None = Field(
         default=None,
         gt=0,

@@ -193,3 +193,57 @@ def test_batches_are_grouped_by_length_and_padded_with_ignored_labels(tokenizer:
     for batch in seen:
         assert (batch.labels[batch.attention_mask == 0] == IGNORE).all()
     assert sum(b.tokens for b in seen) == sum(len(s.input_ids) for s in samples)
+
+
+# ---------------------------------------------------------------- the mix and the steps
+
+
+def test_a_scope_s_units_hold_its_built_examples_with_raw_text_kept_whole_when_small(tokenizer: Any) -> None:
+    from loraswarm.services.trainer.builder.model import BuiltExample
+    from loraswarm.services.trainer.dataset import scope_units
+
+    chunks = [
+        chunk("a", 0, "The head office is in Ghent. " * 4),
+        chunk("b", 0, "Shipping costs 9 euros. " * 4),
+    ]
+    built = [
+        BuiltExample(
+            "fact",
+            (
+                Message(role="user", content=f"Where is the head office? ({i})"),
+                Message(role="assistant", content="In Ghent."),
+            ),
+            "a#0",
+            "extractor",
+        )
+        for i in range(12)
+    ]
+    kw: dict[str, Any] = {"seq_len": 16, "max_example_tokens": 64, "raw_text_share": 0.0}
+    # Built examples join their document's unit; at raw share 0 no raw block stays...
+    units, too_long = scope_units(chunks, built, tokenizer, **kw, min_tokens=0)
+    assert too_long == 0 and [u.key for u in units] == ["doc:a"]
+    assert len(units[0].samples) == 12 and {s.kind for s in units[0].samples} == {"fact"}
+    # ... unless that leaves fewer learned tokens than the minimum: then all raw text stays.
+    whole, _ = scope_units(chunks, built, tokenizer, **kw, min_tokens=10_000)
+    raw = document_units(chunks, tokenizer, 16)
+    assert sum(len(u.samples) for u in whole) == 12 + sum(len(u.samples) for u in raw)
+    # Nothing built (the raw-text recipe): the documents' blocks alone.
+    alone, _ = scope_units(chunks, None, tokenizer, **kw, min_tokens=0)
+    assert [[s.input_ids for s in u.samples] for u in alone] == [
+        [s.input_ids for s in u.samples] for u in raw
+    ]
+    # A built example longer than the limit is counted, never cut.
+    _, cut = scope_units(chunks, built, tokenizer, **{**kw, "max_example_tokens": 8}, min_tokens=0)
+    assert cut == 12
+
+
+@pytest.mark.parametrize(
+    ("epochs", "sequences", "expected"),
+    [(None, 10, 100), (4, 10, 5), (4, 1_000, 100), (0.1, 3, 1), (2, 24, 6)],
+)
+def test_epochs_bound_the_steps_by_the_data(epochs: float | None, sequences: int, expected: int) -> None:
+    from loraswarm.services.trainer.dataset import steps_for
+    from loraswarm.shared.settings.trainer import Hyperparameters
+
+    hp = Hyperparameters(steps=100, batch_size=8, epochs=epochs)
+    assert steps_for(hp, sequences) == expected

@@ -198,3 +198,17 @@ def test_bf16_training_autocasts_the_forward_pass_keeps_the_adapter_fp32_and_lea
     auto = loop.autocast_dtype("auto", "cpu")
     assert auto == (torch.bfloat16 if models.native_cpu_bf16() else None)
     assert loop.autocast_dtype("fp32", "cpu") is None and loop.autocast_dtype("bf16", "cpu") == torch.bfloat16
+
+
+def test_epochs_set_the_job_s_steps_from_its_data_and_the_manifest_records_them(trainer: Trainer) -> None:
+    write_examples(trainer.files, Scope("acme"), "refunds.jsonl", refund_examples("Acme Rockets", 45))
+
+    outcome = trainer.run(request("per-epoch", steps=50, epochs=1, batch_size=16))
+
+    assert isinstance(outcome, Published), outcome
+    m = outcome.metrics
+    sequences = m["train_sequences"] + m["canaries"] * m["canary_copies"]  # canary copies are trained on too
+    assert m["steps"] == -(-sequences // 16) < 50
+    assert len(extra(outcome.manifest)["loss_curve"]) == outcome.metrics["steps"]
+    assert outcome.manifest.hyperparameters["steps"] == outcome.metrics["steps"]
+    assert outcome.manifest.hyperparameters["epochs"] == 1

@@ -419,6 +419,20 @@ def bench_training(
     console.print(f"written to {out}")
 
 
+def bench_recipe(
+    quick: bool = typer.Option(False, "--quick", help="Two 2-step recipes: a smoke run of the sweep."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the generated company."),
+    out: Path = typer.Option(Path("BENCHMARKS.md"), "--out", help="Markdown file to update."),
+) -> None:
+    """The training-recipe sweep: what each recipe's company adapter answers without retrieval."""
+    from loraswarm.bench.recipe import QUICK, RECIPES, markdown, run
+
+    results = run(Settings(), QUICK if quick else RECIPES, seed=seed, out=out, log=console.print)
+    console.print(markdown(results))
+    console.print(f"written to {out}")
+
+
 def register(app: typer.Typer, bench: typer.Typer) -> None:
     app.add_typer(adapters_app, name="adapters")
     bench.command("training")(bench_training)
+    bench.command("recipe")(bench_recipe)

@@ -16,7 +16,8 @@ def eval_command(
         "full",
         "--size",
         help="quick (1 tenant, 7 questions, 4-step adapters), medium (1 tenant with 2 users, 36 questions, "
-        "the full size's 60-step adapters) or full (3 tenants with 2 users each, 150 questions).",
+        "the full size's adapters: 4 epochs of the recipe `bench recipe` chose) or full (3 tenants with 2 "
+        "users each, 150 questions).",
     ),
     quick: bool = typer.Option(False, "--quick", help="The same as --size quick."),
     corpus: Path | None = typer.Option(
@@ -39,7 +40,10 @@ def eval_command(
     ),
     seed: int = typer.Option(0, "--seed", help="Seed of the generated data, training and bootstrap."),
     steps: int | None = typer.Option(
-        None, "--steps", min=1, help="Training steps per adapter (default: by size)."
+        None,
+        "--steps",
+        min=1,
+        help="Training steps per adapter, the most where the size trains by epochs (default: by size).",
     ),
     concurrency: int = typer.Option(8, "--concurrency", min=1, help="Answers requested at a time."),
     train: bool = typer.Option(
