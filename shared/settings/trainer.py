@@ -26,7 +26,10 @@ class Hyperparameters(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     steps: int = Field(
-        default=100, ge=1, le=100_000, description="Optimizer steps of one job (the most, when `epochs` is set)."
+        default=100,
+        ge=1,
+        le=100_000,
+        description="Optimizer steps of one job (the most, when `epochs` is set).",
     )
     epochs: float | None = Field(
         default=None,
