@@ -92,13 +92,14 @@ class Results:
     seconds: float = 0.0
 
 
-def _answers(model: Any, tokenizer: Any, questions: Sequence[Any]) -> list[str]:
+def _answers(model: Any, tokenizer: Any, questions: Sequence[Any]) -> dict[str, str]:
+    """Question id → the model's greedy answer, one batch per kind (its own length budget)."""
     import torch
 
     from loraswarm.eval.conditions import build_prompt
     from loraswarm.shared.models import native_cpu_bf16
 
-    out: list[str] = []
+    out: dict[str, str] = {}
     tokenizer.padding_side = "left"
     for kind in ("fact", "process", "style"):
         batch = [q for q in questions if q.kind == kind]
@@ -110,22 +111,21 @@ def _answers(model: Any, tokenizer: Any, questions: Sequence[Any]) -> list[str]:
                 **enc, max_new_tokens=_MAX_NEW[kind], do_sample=False, pad_token_id=tokenizer.pad_token_id
             )
         # made: [questions, prompt + new tokens]; the prompt is left-padded to one length.
-        out += [tokenizer.decode(m[enc["input_ids"].shape[1] :], skip_special_tokens=True) for m in made]
+        for q, m in zip(batch, made, strict=True):
+            out[q.id] = tokenizer.decode(m[enc["input_ids"].shape[1] :], skip_special_tokens=True)
     return out
 
 
-def _score(questions: Sequence[Any], answers: Sequence[str]) -> dict[str, list[float]]:
-    from loraswarm.eval.scoring import fact_scores, process_scores, style_score
+_METRIC = {"fact": "fact_accuracy", "process": "process_recall", "style": "style_adherence"}
 
-    scores: dict[str, list[float]] = {"fact": [], "process": [], "style": []}
-    ordered = [q for kind in ("fact", "process", "style") for q in questions if q.kind == kind]
-    for q, a in zip(ordered, answers, strict=True):
-        if q.kind == "fact":
-            scores["fact"].append(fact_scores(a, q.answers, q.all_of)[0])
-        elif q.kind == "process":
-            scores["process"].append(process_scores(a, q.steps)[0])
-        else:
-            scores["style"].append(style_score(a, q.style_rules))
+
+def _score(questions: Sequence[Any], answers: dict[str, str]) -> dict[str, list[float]]:
+    """Kind → each question's score, by the eval's own scorer."""
+    from loraswarm.eval.report import score_text
+
+    scores: dict[str, list[float]] = {kind: [] for kind in _METRIC}
+    for q in questions:
+        scores[q.kind].append(score_text(q, answers[q.id])[_METRIC[q.kind]])
     return scores
 
 
@@ -167,7 +167,7 @@ def _train_one(
         counts[e.kind] = counts.get(e.kind, 0) + 1
     return Row(
         recipe.name, counts, len(train), hp.steps, seconds, (result.losses[0], result.losses[-1]),
-        _score(questions, answers), answers[0] if answers else "",
+        _score(questions, answers), next((answers[q.id] for q in questions if q.kind == "fact"), ""),
     )  # fmt: skip
 
 

@@ -18,8 +18,8 @@ from loraswarm.bench.machine import describe
 from loraswarm.bench.report import write_section
 from loraswarm.eval.conditions import LLAMA_TWINS
 from loraswarm.eval.publish import compare
-from loraswarm.eval.report import recipe_words
 from loraswarm.eval.scoring import Estimate, bootstrap
+from loraswarm.eval.sizes import recipe_words
 
 SECTION = "llama_adapter"
 _METRICS = {"fact_accuracy": "fact accuracy", "process_recall": "process recall", "style_adherence": "style"}

@@ -14,6 +14,7 @@ from loraswarm.eval.conditions import SPECS, Answer
 from loraswarm.eval.questions import EvalQuestion
 from loraswarm.eval.runner import EvalRun
 from loraswarm.eval.scoring import Estimate, bootstrap, contains, fact_scores, process_scores, style_score
+from loraswarm.eval.sizes import recipe_words
 from loraswarm.shared import answer_checks as checks
 
 METRICS = ("fact_accuracy", "fact_exact", "process_recall", "process_order", "style_adherence")
@@ -30,7 +31,11 @@ class Scored:
 
 def score(question: EvalQuestion, answer: Answer) -> dict[str, float]:
     """A failed answer scores as an empty one: a condition that cannot answer gets no credit."""
-    text = answer.text
+    return score_text(question, answer.text)
+
+
+def score_text(question: EvalQuestion, text: str) -> dict[str, float]:
+    """The metrics of `text` as an answer to `question` (those of the question's kind)."""
     if question.kind == "fact":
         hit, exact = fact_scores(text, question.answers, question.all_of)
         return {"fact_accuracy": hit, "fact_exact": exact}
@@ -197,26 +202,6 @@ def build(run: EvalRun) -> dict[str, Any]:
             for s in scored
         ],
     }
-
-
-def recipe_words(hp: dict[str, Any]) -> str:
-    """The training recipe in a few words: "4 epochs (at most 400 steps) of 8, LoRA r16 on all-linear, lr 2e-3"."""
-    steps = (
-        f"{hp['epochs']:g} epochs (at most {hp['steps']} steps)"
-        if hp.get("epochs")
-        else f"{hp['steps']} steps"
-    )
-    batch = f" of {hp['batch_size']}" if "batch_size" in hp else ""
-    lora = " ".join(
-        part
-        for part in (
-            f"LoRA r{hp['r']}" if "r" in hp else "",
-            "on " + ",".join(hp["target_modules"]) if "target_modules" in hp else "",
-            f"at lr {hp['learning_rate']:g}" if "learning_rate" in hp else "",
-        )
-        if part
-    )
-    return f"{steps}{batch} each" + (f" ({lora}; a LLaMA-Adapter at its own rate)" if lora else "")
 
 
 def markdown(report: dict[str, Any], chart: str | None = "chart.png") -> str:

@@ -22,6 +22,7 @@ from rich.console import Console
 from loraswarm.eval import conditions
 from loraswarm.eval.conditions import ALL_CONDITIONS, CONDITIONS, SPECS, Answer, ConditionName, EvalContext
 from loraswarm.eval.questions import EvalQuestion, Kind, read_questions
+from loraswarm.eval.sizes import recipe_words
 from loraswarm.shared.settings import Settings
 from loraswarm.shared.settings.trainer import LORA_ONLY
 
@@ -203,13 +204,6 @@ def needed_llama_adapters(config: EvalConfig, questions: list[EvalQuestion]) -> 
     return wanted
 
 
-def _steps(config: EvalConfig) -> str:
-    epochs = config.hyperparameters.get("epochs")
-    return (
-        f"{epochs:g} epochs (at most {config.steps} steps) each" if epochs else f"{config.steps} steps each"
-    )
-
-
 def train(
     settings: Settings,
     config: EvalConfig,
@@ -328,11 +322,12 @@ def run_eval(config: EvalConfig, console: Console) -> EvalRun:
         state = "published" if item.published else "[red]rejected[/red]"
         console.print(f"  adapter {item.adapter_id} {state} {item.detail} ({item.seconds:.0f} s)")
 
-    console.print(f"training {len(wanted)} adapter(s), {_steps(config)} ...")
+    how = recipe_words({"steps": config.steps, **config.hyperparameters})
+    console.print(f"training {len(wanted)} adapter(s), {how} ...")
     adapters = train(settings, config, wanted, trained)
     llama_wanted = needed_llama_adapters(config, questions) if config.train else []
     if llama_wanted:
-        console.print(f"training {len(llama_wanted)} LLaMA-Adapter(s), {_steps(config)} ...")
+        console.print(f"training {len(llama_wanted)} LLaMA-Adapter(s), {how} ...")
         adapters += train(settings, config, llama_wanted, trained, method="llama_adapter")
     timings["train"] = time.monotonic() - t0
     published = {(a.tenant, a.user): a.adapter_id for a in adapters if a.published and a.method == "lora"}
@@ -340,9 +335,7 @@ def run_eval(config: EvalConfig, console: Console) -> EvalRun:
     raw_wanted = needed_adapters(config, questions, "raw") if config.train else []
     if raw_wanted:
         t0 = time.monotonic()
-        console.print(
-            f"training {len(raw_wanted)} raw-text adapter(s) (the builder off), {_steps(config)} ..."
-        )
+        console.print(f"training {len(raw_wanted)} raw-text adapter(s) (the builder off), {how} ...")
         raw = train(settings, config, raw_wanted, trained, recipe="raw")
         timings["train_raw"] = time.monotonic() - t0
         adapters += raw

@@ -67,3 +67,23 @@ MEDIUM = Size(
     hyperparameters=FULL.hyperparameters,
 )
 SIZES = {"quick": QUICK, "medium": MEDIUM, "full": FULL}
+
+
+def recipe_words(hp: dict[str, Any]) -> str:
+    """The training recipe in a few words: "4 epochs (at most 400 steps) of 8, LoRA r16 on all-linear, lr 2e-3"."""
+    steps = (
+        f"{hp['epochs']:g} epochs (at most {hp['steps']} steps)"
+        if hp.get("epochs")
+        else f"{hp['steps']} steps"
+    )
+    batch = f" of {hp['batch_size']}" if "batch_size" in hp else ""
+    lora = " ".join(
+        part
+        for part in (
+            f"LoRA r{hp['r']}" if "r" in hp else "",
+            "on " + ",".join(hp["target_modules"]) if "target_modules" in hp else "",
+            f"at lr {hp['learning_rate']:g}" if "learning_rate" in hp else "",
+        )
+        if part
+    )
+    return f"{steps}{batch} each" + (f" ({lora}; a LLaMA-Adapter at its own rate)" if lora else "")
