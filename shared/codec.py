@@ -1,7 +1,8 @@
 """Events to Kafka records and back, with the checks that decide what goes to the dead-letter topic.
 
 A record is: key = tenant_id (UTF-8), value = the event's JSON, headers = content type, event
-type and the W3C trace context (`traceparent`, `tracestate`).
+type, request id and the W3C trace context (`traceparent`, `tracestate`). The request id is in a
+header so that a consumer can order a request's records (shared/lanes.py) without parsing them.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from loraswarm.shared.envelope import Envelope
 from loraswarm.shared.events import EVENT_BY_TYPE
 
 CONTENT_TYPE = "application/json"
+REQUEST_ID_HEADER = "request-id"
 
 PoisonKind = Literal["not_json", "too_large", "unknown_type", "validation", "key_mismatch"]
 
@@ -37,7 +39,11 @@ class Poison:
 
 
 def encode(event: Envelope) -> EncodedEvent:
-    headers = {"content-type": CONTENT_TYPE, "event-type": event.type}
+    headers = {
+        "content-type": CONTENT_TYPE,
+        "event-type": event.type,
+        REQUEST_ID_HEADER: str(event.request_id),
+    }
     # Inject the current (send) span's context: the consumer's span joins the producer's trace.
     propagate.inject(headers)
     return EncodedEvent(key=event.tenant_id.encode(), value=event.model_dump_json().encode(), headers=headers)

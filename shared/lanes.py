@@ -19,10 +19,13 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import uuid
 from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
+
+from loraswarm.shared.codec import REQUEST_ID_HEADER
 
 log = logging.getLogger("loraswarm.consumer")
 
@@ -35,13 +38,25 @@ Done = Callable[[Any, int], Awaitable[None]]
 
 
 def by_request(record: Any) -> str | None:
-    """One lane per `request_id`: every event of one request in order, requests side by side."""
+    """One lane per `request_id`: every event of one request in order, requests side by side.
+
+    The id comes from the record's `request-id` header (shared/codec.py), so the dispatcher does
+    not parse the value a second time; a record without the header (a producer that is not
+    loraswarm's) is parsed for it. A header that disagrees with the value only puts the record
+    in another lane: the handler validates the value itself.
+    """
+    for name, raw in record.headers or ():
+        if name == REQUEST_ID_HEADER:
+            return raw.decode("utf-8", "replace") if isinstance(raw, bytes) else str(raw)
     try:
         value = json.loads(record.value)
     except (TypeError, ValueError):
         return None  # poison: the policy dead-letters it, in a lane of its own
     request_id = value.get("request_id") if isinstance(value, dict) else None
-    return request_id if isinstance(request_id, str) else None
+    try:  # the header's spelling (str of a UUID), so a request's records share one lane either way
+        return str(uuid.UUID(request_id)) if isinstance(request_id, str) else None
+    except ValueError:
+        return None  # not a UUID: poison, as above
 
 
 @dataclass

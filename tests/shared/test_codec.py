@@ -7,7 +7,7 @@ import json
 from hypothesis import given
 from hypothesis import strategies as st
 
-from loraswarm.shared.codec import Poison, decode, encode
+from loraswarm.shared.codec import REQUEST_ID_HEADER, Poison, decode, encode
 from loraswarm.shared.events import EVENT_BY_TYPE, RetrievalRequested
 from tests.samples import sample_events
 
@@ -19,6 +19,7 @@ def test_encode_then_decode_is_identity_for_every_event() -> None:
         record = encode(event)
         assert record.key == event.tenant_id.encode()
         assert record.headers["event-type"] == event.type
+        assert record.headers[REQUEST_ID_HEADER] == str(event.request_id)
         assert decode(record.value, record.key, expected_type=event.type, max_bytes=LIMIT) == event
 
 

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 import pytest
 
 from loraswarm.shared.bus import EventBus
+from loraswarm.shared.codec import encode
 from loraswarm.shared.events import RetrievalRequested
 from loraswarm.shared.lanes import Lanes, by_request
 from loraswarm.shared.settings import Settings
@@ -22,6 +23,7 @@ class Record:
     value: bytes = b"{}"
     topic: str = "t"
     partition: int = 0
+    headers: tuple[tuple[str, bytes], ...] = ()
 
 
 class Recorder:
@@ -111,10 +113,22 @@ async def test_closing_cancels_and_commits_nothing_unfinished() -> None:
     assert 3 not in rec.order
 
 
-def test_by_request_reads_the_request_id_and_leaves_poison_alone() -> None:
-    assert by_request(Record(0, json.dumps({"request_id": "r-1"}).encode())) == "r-1"
+def test_by_request_reads_the_header_without_parsing_the_value() -> None:
+    event = RetrievalRequested(tenant_id="acme", query="q")
+    record = encode(event)
+    headers = tuple((k, v.encode()) for k, v in record.headers.items())
+    assert by_request(Record(0, b"not json", headers=headers)) == str(event.request_id)
+    # Without the header (another producer), the value says, in the header's spelling.
+    assert by_request(Record(0, record.value)) == str(event.request_id)
+    upper = json.dumps({"request_id": str(event.request_id).upper()}).encode()
+    assert by_request(Record(0, upper)) == str(event.request_id)
+
+
+def test_by_request_leaves_poison_in_a_lane_of_its_own() -> None:
     assert by_request(Record(0, b"not json")) is None
     assert by_request(Record(0, b"[1, 2]")) is None
+    assert by_request(Record(0, json.dumps({"request_id": "r-1"}).encode())) is None
+    assert by_request(Record(0, json.dumps({"request_id": 7}).encode())) is None
 
 
 @pytest.mark.parametrize("concurrency", [1, 4])
