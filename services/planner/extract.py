@@ -25,7 +25,7 @@ from loraswarm.services.planner.compose import ComposeOutcome
 from loraswarm.services.planner.llm import LLMError, PrimaryLLM, parse_json_object
 from loraswarm.services.planner.state import PlannerState
 from loraswarm.shared import answer_checks as checks
-from loraswarm.shared.events import Recommendation, TokenUsage
+from loraswarm.shared.events import Citation, Recommendation, TokenUsage
 
 # A part counts as answered by a unit sharing at least this share of the part's terms.
 MIN_RELEVANCE = 0.34
@@ -330,7 +330,7 @@ async def compose_extractive(
     if missing and not is_task(question):
         notes.append(f"not in the documents: {'; '.join(missing)}")
     recommendation = Recommendation(
-        title=_title(extraction.parts[0]),
+        title=_title(text, [state.passages[i].citation for i in indexes]),
         text=text,
         # Said beside the text, not in it: a written reply keeps the form its rules ask for.
         rationale="" if indexes else UNSUPPORTED_NOTE,
@@ -343,7 +343,11 @@ def _has_list(text: str) -> bool:
     return sum(bool(_LIST_ITEM.match(line)) for line in text.splitlines()) >= 2
 
 
-def _title(part: str) -> str:
-    words = part.split()
-    title = " ".join(words[:8])
+def _title(text: str, citations: list[Citation]) -> str:
+    """The first cited document's title, else the answer's first words: never the question's,
+    which a title cut from it only repeats ("A customer wants a refund for a tent")."""
+    title = next((c.title for c in citations if c.title.strip()), "") or " ".join(
+        checks.sentences(text)[0].split()[:8] if text.strip() else []
+    )
+    title = " ".join(title.split())
     return (title[:57] + "...") if len(title) > 60 else title or "Answer"

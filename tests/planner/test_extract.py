@@ -180,3 +180,20 @@ async def test_a_scenario_nothing_answers_is_marked_in_one_sentence_not_echoed()
     text = outcome.recommendations[0].text
     assert text.endswith("not in the documents.") and len(checks.sentences(text)) == 1
     assert not checks.echoes(text, question)
+
+
+async def test_the_title_is_the_cited_documents_never_the_questions() -> None:
+    titled = PALLET.model_copy(
+        update={"citation": PALLET.citation.model_copy(update={"title": "Warehouse rules"})}
+    )
+    question = "What is the maximum weight of a single pallet?"
+    outcome = await compose_extractive(
+        None, state(question, [titled], {}), max_tokens=64, timeout_s=2.0, phrase_it=False
+    )
+    assert outcome.recommendations[0].title == "Warehouse rules"
+    # No titled passage cited: the answer's first words, not the question's.
+    outcome = await compose_extractive(
+        None, state(question, [PALLET], {}), max_tokens=64, timeout_s=2.0, phrase_it=False
+    )
+    title = outcome.recommendations[0].title
+    assert outcome.recommendations[0].text.startswith(title) and "maximum" not in title
