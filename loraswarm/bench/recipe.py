@@ -133,7 +133,13 @@ def _train_one(
     settings: Settings, recipe: Recipe, chunks: list[Any], base: Any, questions: Sequence[Any]
 ) -> Row:
     from loraswarm.services.trainer import builder, methods
-    from loraswarm.services.trainer.dataset import scope_units, split_heldout, steps_for, training_batches
+    from loraswarm.services.trainer.dataset import (
+        scope_units,
+        split_heldout,
+        steps_for,
+        style_units,
+        training_batches,
+    )
     from loraswarm.services.trainer.loop import train_adapter
 
     model0, tokenizer = base.get()
@@ -152,7 +158,10 @@ def _train_one(
         raw_text_share=b.raw_text_share,
         min_tokens=2 * s.trainer.min_train_tokens,
     )
-    train, _ = split_heldout(units, s.trainer.heldout_fraction, s.trainer.max_heldout_sequences)
+    # The trainer's own split (pipeline.py), style documents kept in training.
+    train, _ = split_heldout(
+        units, s.trainer.heldout_fraction, s.trainer.max_heldout_sequences, keep=style_units(chunks)
+    )
     hp = hp.model_copy(update={"steps": steps_for(hp, len(train))})
     model = methods.attach(copy.deepcopy(model0), "lora", hp)
     started = time.perf_counter()

@@ -43,6 +43,7 @@ from loraswarm.services.trainer.dataset import (
     scope_units,
     split_heldout,
     steps_for,
+    style_units,
     training_batches,
 )
 from loraswarm.services.trainer.errors import (
@@ -382,7 +383,9 @@ class Trainer:
             sample = example_sample(example, tokenizer, job.hp.seq_len)
             if sample is not None:
                 units.append(Unit(f"example:{example.line}", [sample] * repeats))
-        train, heldout = split_heldout(units, s.heldout_fraction, s.max_heldout_sequences)
+        train, heldout = split_heldout(
+            units, s.heldout_fraction, s.max_heldout_sequences, keep=style_units(chunks)
+        )
         data = TrainingSet(train, heldout, fingerprint(chunks, files))
         job.metrics |= {
             "train_tokens": float(data.train_tokens),

@@ -16,6 +16,7 @@ from loraswarm.services.trainer.dataset import (
     document_units,
     example_sample,
     split_heldout,
+    style_units,
     training_batches,
 )
 from loraswarm.services.trainer.errors import CorruptData, InvalidRequest, ScopeViolation
@@ -180,6 +181,30 @@ def test_a_unit_larger_than_the_held_out_share_is_not_held_out_while_a_smaller_o
     train, heldout = split_heldout(many, 0.1, cap=64)
     assert (len(train), len(heldout)) == (36, 4)
     assert len(split_heldout(many, 0.5, cap=3)[1]) == 3
+
+
+def test_a_style_document_is_never_held_out(tokenizer: Any) -> None:
+    # The demo's acme company: three small fact documents and its one tone document, the
+    # smallest unit, which the fallback held out alone before (and the gate measured only it).
+    chunks = [
+        chunk("refunds.md", 0, "Acme refunds tents within 30 days. " * 6),
+        chunk("repairs.md", 0, "Acme repairs zips for free for two years. " * 6),
+        chunk("warranty.md", 0, "The warranty covers seams for two years. " * 6),
+        chunk("tone.md", 0, "# How we talk to customers\nWe are warm and practical."),
+        chunk("notes.md", 0, "# Ben's email templates\nReturn approved: Hi {name}."),
+    ]
+    keep = style_units(chunks)
+    assert keep == {"doc:tone.md", "doc:notes.md"}
+    units = document_units(chunks, tokenizer, 16)
+    kept = {s.input_ids for u in units if u.key in keep for s in u.samples}
+    before = split_heldout(units, 0.1, cap=64)[1]
+    assert {s.input_ids for s in before} <= kept  # without `keep`: a style document, alone
+    train, heldout = split_heldout(units, 0.1, cap=64, keep=keep)
+    assert heldout and not kept & {s.input_ids for s in heldout}
+    assert kept <= {s.input_ids for s in train}
+    # Only style documents: nothing can be held out, and everything trains.
+    only_style = [u for u in units if u.key in keep]
+    assert split_heldout(only_style, 0.5, cap=64, keep=keep)[1] == []
 
 
 def test_batches_are_grouped_by_length_and_padded_with_ignored_labels(tokenizer: Any) -> None:

@@ -1,10 +1,11 @@
 """A scope's writing rules, read from its style documents, and answers written by them.
 
-A style document is a chunk whose title or document id speaks of style, tone, voice or writing
-("How Northwind writes to customers", `users/ana/writing.md`). Its rules are read from plain
-sentences: what a reply starts with and ends (or is signed) with, words never to use, a word
-limit, bullet points. A company's rules come from company documents; a user's from that user's
-own notes only (their adapter is served on top of the company's, which brings the rest).
+A style document is a chunk whose title or document id speaks of style, tone, voice, writing or
+templates ("How Northwind writes to customers", `users/ana/writing.md`, "Ben's email
+templates"). Its rules are read from plain sentences: what a reply starts with and ends (or is
+signed) with, words never to use, a word limit, bullet points. A company's rules come from
+company documents; a user's from that user's own notes only (their adapter is served on top of
+the company's, which brings the rest).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from loraswarm.services.trainer.builder.model import chunk_key
 from loraswarm.services.trainer.corpus import CorpusChunk
 from loraswarm.shared.answer_checks import sentences
 
-_STYLE_WORDS = re.compile(r"\b(?:style|tone|voice|writ\w*|brand)\b", re.I)
+_STYLE_WORDS = re.compile(r"\b(?:style|tone|voice|writ\w*|brand|templates?)\b", re.I)
 _QUOTED = r"[\"“'](?P<x>[^\"”']{2,80})[\"”']"
 _START = re.compile(rf"\b(?:start|begin|open)\w*\s(?:[^.\"“]*?\s)?with\s+{_QUOTED}", re.I)
 _END = re.compile(rf"\b(?:end|sign|close|finish)\w*\s(?:[^.\"“]*?\s)?with\s+{_QUOTED}", re.I)
