@@ -161,16 +161,24 @@ def train_request_id(
     steps: int,
     method: str = "lora",
     learning_rate: float | None = None,
+    revision: int | None = None,
 ) -> uuid.UUID:
-    """One id per (adapter, steps, method, learning rate, the tenant's example files): a rerun on
-    unchanged data is the same request, which the trainer recognises as already published."""
+    """One id per (adapter, steps, method, learning rate, the tenant's example files, the trainer's
+    data revision): a rerun on unchanged data is the same request, which the trainer recognises as
+    already published or refused."""
+    from loraswarm.services.trainer.dataset import DATA_REVISION
+
+    revision = DATA_REVISION if revision is None else revision
     digest = hashlib.sha256()
     for path in sorted((examples / tenant).rglob("*")):
         if path.is_file():
             digest.update(str(path.relative_to(examples)).encode() + b"\0" + path.read_bytes() + b"\0")
-    # LoRA's ids are those from before the method was configurable, so earlier runs are reused.
-    also = ("" if method == "lora" else f":{method}") + (
-        "" if learning_rate is None else f":lr={learning_rate:g}"
+    # LoRA's ids are those from before the method was configurable, so earlier runs are reused;
+    # a new data revision (the trainer's split changed) is a new request.
+    also = (
+        ("" if method == "lora" else f":{method}")
+        + ("" if learning_rate is None else f":lr={learning_rate:g}")
+        + ("" if revision == 1 else f":data={revision}")
     )
     return uuid.uuid5(
         uuid.NAMESPACE_URL, f"loraswarm-demo:{tenant}/{name}:{steps}:{digest.hexdigest()}{also}"

@@ -98,6 +98,8 @@ def test_a_rerun_on_unchanged_examples_is_the_same_training_request(tmp_path: Pa
     assert train_request_id(examples, "acme", "company", 21) != first
     assert train_request_id(examples, "acme", "user-ana", 20) != first
     assert train_request_id(examples, "acme", "company", 20, "lora", 2e-3) != first  # another recipe
+    # The trainer's split changed (a new data revision): verdicts from before are not reused.
+    assert train_request_id(examples, "acme", "company", 20, revision=1) != first
     with (examples / "acme" / "company" / "refunds.md").open("a") as f:
         f.write("Gift cards are never refunded.\n")
     assert train_request_id(examples, "acme", "company", 20) != first  # new data: trained again
