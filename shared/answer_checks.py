@@ -154,10 +154,16 @@ def _stem(word: str) -> str:
     return word
 
 
+# A number run into its unit ("60days", "800kg"), as a small model writes it: the same terms as
+# "60 days". Ordinals ("22nd") stay whole.
+_NUMBER_UNIT = re.compile(r"\b(\d+(?:[.,]\d+)?)(?!st\b|nd\b|rd\b|th\b)([a-z]{2,})\b")
+
+
 def terms(text: str) -> set[str]:
-    """Content words (stemmed) and numbers, lower case (`13 euros` → {"13", "euro"}; `MISAR-875` whole)."""
+    """Content words (stemmed) and numbers, lower case (`13 euros` and `13euros` → {"13", "euro"};
+    `MISAR-875` whole)."""
     found = set()
-    for word in _WORD.findall(text.lower()):
+    for word in _WORD.findall(_NUMBER_UNIT.sub(r"\1 \2", text.lower())):
         word = word.strip(".'")
         if word and word not in _STOPWORDS:
             found.add(_stem(word))

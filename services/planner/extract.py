@@ -3,8 +3,9 @@
 1. The question is split into its parts (`checks.question_parts`).
 2. For each part, the best unit is picked among the specialists' answer sentences and the
    passages' units (a sentence, a bullet, or a numbered list under its heading): the one sharing
-   most of the part's terms, adding something to the question (never an echo), preferring what a
-   passage supports. A part nothing answers is written as "<part>: not in the documents."
+   most of the part's terms, adding something to the question (never an echo); what a passage
+   supports always beats what none does. A part nothing answers is written as "<part>: not in
+   the documents."
 3. A request to write something ("Write a reply ...") takes the best specialist answer whole.
 4. The primary LLM may phrase the extracted sentences (`compose_phrase`); its text is kept only if
    it passes the checks — no echo (retried once with another prompt), no repeated sentence, every
@@ -152,16 +153,19 @@ def extract(state: PlannerState) -> Extraction:
     vocabulary = set().union(*(checks.terms(u.about) for u in units)) if units else set()
     extraction = Extraction(parts)
     for part in parts:
-        best: tuple[float, Unit] | None = None
+        best: tuple[tuple[bool, float], Unit] | None = None
         for unit in units:
             score = relevance(unit, part, vocabulary)
             if score < MIN_RELEVANCE:
                 continue
-            # What a passage states beats what only a specialist said; a specialist's supported
+            # What a passage states beats what only a specialist said, however many of the
+            # question's words the latter repeats: a specialist sentence that restates the
+            # scenario ("provide a refund for the tent purchased 45 days ago") outscores the rule
+            # on relevance, and would be answered with no citation. A specialist's supported
             # sentence beats the raw passage (it is already phrased as an answer).
-            score += 0.1 * unit.supported + 0.02 * (unit.origin != "passage")
-            if best is None or score > best[0]:
-                best = (score, unit)
+            key = (unit.supported, score + 0.02 * (unit.origin != "passage"))
+            if best is None or key > best[0]:
+                best = (key, unit)
         extraction.picked.append(best[1] if best else None)
     return extraction
 

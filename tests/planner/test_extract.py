@@ -85,6 +85,26 @@ def test_each_part_gets_the_unit_that_answers_it() -> None:
     assert picked[1] is not None and "Maria Lund" in picked[1].text
 
 
+def test_what_a_passage_states_beats_a_specialist_sentence_that_restates_the_scenario() -> None:
+    # The demo's acme answer: the specialist's sentence shares more of the question's words than
+    # the rule does, but no passage says it.
+    question = "A customer wants a refund for a tent bought 45 days ago. What should we do?"
+    rule = Passage(
+        text="# Refunds and returns\nAcme Outdoor refunds tents within 30 days of purchase.\n"
+        "After 30 days we offer store credit instead of a refund, up to 60 days.",
+        score=0.9,
+        citation=Citation(doc_id="refunds", source="handbook", position=0),
+    )
+    invented = "We apologize and provide a refund for the tent purchased 45 days ago."
+    s = state(question, [rule], {"policy": invented})
+    [unit] = extract(s).picked
+    assert unit is not None and unit.supported and unit.origin == "passage"
+    assert "30 days" in unit.text
+    # With nothing supported that answers, the specialist's sentence is still the answer.
+    [unit] = extract(state(question, [OFFTOPIC], {"policy": invented})).picked
+    assert unit is not None and unit.text == invented and not unit.supported
+
+
 async def test_an_echo_is_retried_once_with_the_other_prompt_then_replaced() -> None:
     s = state(QUESTION, [PALLET, CLAIMS], {})
     script = Script([phrased(QUESTION), phrased("Who handles large claims? What is the pallet weight?")])

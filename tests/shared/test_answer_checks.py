@@ -60,6 +60,10 @@ def test_an_echo_is_detected_and_an_answer_is_not() -> None:
     assert not checks.echoes("The staff discount code at Bluepeak Textiles is PELRA-955.", discount)
     assert checks.echoes("The staff discount code at Bluepeak Textiles is in the handbook.", discount)
     assert not checks.echoes("Refunds are accepted within 60 days, so yes.", asked)
+    # The demo's specialist ran a number into its unit; it is still the question said back.
+    seal = "A customer wants to return an unused gearbox seal after 60 days. What applies?"
+    assert checks.echoes("A customer wants to return an unused gearbox seal after 60days", seal)
+    assert checks.terms("800kg on the 22nd") == {"800", "kg", "22nd"}
 
 
 def test_a_repeated_sentence_is_found_and_removed() -> None:
