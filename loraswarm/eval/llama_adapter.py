@@ -4,7 +4,7 @@ The product chose LoRA and watches LLaMA-Adapter (issue 19). Both are trained by
 on the same data with the same steps, and served by the same model server in the same batches;
 this section puts each LLaMA-Adapter condition next to its LoRA twin (conditions.LLAMA_TWINS)
 with what users decide by: quality with intervals, training seconds, adapter size, tokens/s of
-the condition's mixed batches, and cold-load time. Every verdict is computed (a difference counts
+each condition and of batches mixing both methods' rows (eval/mixed_batch.py), and cold-load time. Every verdict is computed (a difference counts
 only where the 95% intervals do not overlap), so a loss is published as plainly as a win.
 """
 
@@ -17,6 +17,7 @@ from typing import Any
 from loraswarm.bench.machine import describe
 from loraswarm.bench.report import write_section
 from loraswarm.eval.conditions import LLAMA_TWINS
+from loraswarm.eval.mixed_batch import section_lines
 from loraswarm.eval.publish import compare
 from loraswarm.eval.scoring import Estimate, bootstrap
 from loraswarm.eval.sizes import recipe_words
@@ -108,8 +109,9 @@ def section(report: dict[str, Any]) -> str:
     rates = {m: [_tokens_per_s(report, x) for x in ([lora for _, lora in pairs] if m == "lora" else [llama for llama, _ in pairs])] for m in c}  # fmt: skip
     lines += [
         "",
-        "Costs (per adapter; tokens/s: the conditions' output tokens over their wall time, "
-        f"{report['settings']['concurrency']} requests at a time, so LoRA rows and LLaMA-Adapter rows share batches):",
+        "Costs (per adapter; tokens/s: each condition's output tokens over its wall time, "
+        f"{report['settings']['concurrency']} requests at a time; the conditions run one after another, so "
+        "these batches hold one method's rows — the mixed batches follow):",
         "",
         "| method | adapters | training (s) | size (KiB) | cold load (ms) | tokens/s, "
         + ", ".join(labels[lora] for _, lora in pairs)
@@ -123,6 +125,7 @@ def section(report: dict[str, Any]) -> str:
             + " / ".join(f"{r:.1f}" for r in rates[method])
             + " |"
         )
+    lines += section_lines(report.get("mixed_batch", {}))
     lines += ["", "What it says:", ""]
     better = [f"{cond} ({metric})" for cond, metric, v in verdicts if v == "better"]
     worse = [f"{cond} ({metric})" for cond, metric, v in verdicts if v == "worse"]

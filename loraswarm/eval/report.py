@@ -190,6 +190,7 @@ def build(run: EvalRun) -> dict[str, Any]:
         "adapters": [asdict(a) for a in run.adapters],
         "timings_s": run.timings_s,
         "cold_load_ms": run.cold_load_ms,  # issue 19's cost table
+        "mixed_batch": run.mixed_batch,  # issue 19's tokens/s in mixed batches
         "answers": [
             {
                 "question": s.question.id,

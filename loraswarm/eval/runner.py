@@ -19,8 +19,16 @@ from typing import Any
 import yaml
 from rich.console import Console
 
-from loraswarm.eval import conditions
-from loraswarm.eval.conditions import ALL_CONDITIONS, CONDITIONS, SPECS, Answer, ConditionName, EvalContext
+from loraswarm.eval import conditions, mixed_batch
+from loraswarm.eval.conditions import (
+    ALL_CONDITIONS,
+    CONDITIONS,
+    LLAMA_TWINS,
+    SPECS,
+    Answer,
+    ConditionName,
+    EvalContext,
+)
 from loraswarm.eval.questions import EvalQuestion, Kind, read_questions
 from loraswarm.eval.sizes import recipe_words
 from loraswarm.shared.settings import Settings
@@ -72,6 +80,7 @@ class EvalRun:
     timings_s: dict[str, float]
     cold_load_ms: dict[str, float] = field(default_factory=dict)  # adapter id -> the server's first load
     serving: str = ""  # where and in what number format the model server ran, e.g. "cpu, bfloat16"
+    mixed_batch: dict[str, Any] = field(default_factory=dict)  # eval/mixed_batch.py, with LLaMA conditions
 
 
 def eval_settings(config: EvalConfig) -> Settings:
@@ -362,6 +371,12 @@ def run_eval(config: EvalConfig, console: Console) -> EvalRun:
         )
         answers, per_condition = asyncio.run(answer_all(ctx, config, questions, console))
         cold = _cold_loads(url)
+        mixed: dict[str, Any] = {}
+        if any(c in LLAMA_TWINS for c in config.conditions):
+            t1 = time.monotonic()
+            console.print("serving LoRA and LLaMA-Adapter rows in mixed batches ...")
+            mixed = asyncio.run(mixed_batch.measure(ctx, questions))
+            timings["mixed_batch"] = time.monotonic() - t1
     timings["answer"] = time.monotonic() - t0
     timings |= {f"answer:{k}": v for k, v in per_condition.items()}
     _drop_collection(settings, tenants)
@@ -370,7 +385,7 @@ def run_eval(config: EvalConfig, console: Console) -> EvalRun:
 
     served = serving_device(settings)  # what the model server picked, by the same function
     serving = f"{served.name}, {str(served.dtype).removeprefix('torch.')}"
-    return EvalRun(config, questions, answers, adapters, chunks, timings, cold, serving)
+    return EvalRun(config, questions, answers, adapters, chunks, timings, cold, serving, mixed)
 
 
 def _drop_collection(settings: Settings, tenants: list[str]) -> None:
