@@ -121,7 +121,9 @@ def _progress(console: Console) -> Progress:
 
 
 def ingest(settings: Settings, examples: Path, console: Console) -> int:
-    """Index every example document, company-wide or private to its user (idempotent)."""
+    """Index every example document, company-wide or private to its user: each example tenant's
+    shard is emptied first, so it holds exactly this checkout's files (a document's id is its path:
+    a second checkout on the same machine would otherwise add every passage again under its own)."""
     from loraswarm.services.ingestion.files import FileOptions, discover, load_file
     from loraswarm.services.ingestion.pipeline import Indexer
     from loraswarm.shared.events import Document
@@ -130,9 +132,11 @@ def ingest(settings: Settings, examples: Path, console: Console) -> int:
     from loraswarm.shared.vectorstore import shared_store
 
     secrets = DocumentSecrets.under(settings.data_dir)
-    indexer = Indexer(shared_store(settings), load_embedder(settings), settings.retrieval, secrets=secrets)
+    store = shared_store(settings)
+    indexer = Indexer(store, load_embedder(settings), settings.retrieval, secrets=secrets)
     jobs: list[tuple[str, Path, str]] = []
     for tenant_dir in sorted(p for p in examples.iterdir() if (p / "company").is_dir()):
+        store.delete_tenant(tenant_dir.name)
         jobs.append((tenant_dir.name, tenant_dir / "company", "company"))
         for user_dir in sorted((tenant_dir / "users").glob("*")):
             jobs.append((tenant_dir.name, user_dir, f"user:{user_dir.name}"))

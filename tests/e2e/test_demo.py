@@ -121,6 +121,28 @@ def test_a_refused_adapter_is_not_trained_again_on_unchanged_examples(tmp_path: 
         shared_store(settings).client.collections.delete(settings.retrieval.collection)
 
 
+def test_a_second_checkout_replaces_the_examples_instead_of_adding_them_again(tmp_path: Path) -> None:
+    """A document's id is its path: a second checkout's ingest must not leave the first's beside it
+    (every passage then came twice, and was cited twice)."""
+    first = one_tenant_examples(tmp_path / "one")
+    second = one_tenant_examples(tmp_path / "two")
+    settings = demo_settings(first.resolve(), tmp_path / "state")
+    settings.retrieval.weaviate.mode = "server"
+    settings.retrieval.collection = f"Demo{uuid.uuid4().hex[:12]}"
+    local_weaviate.up(settings.infra)
+    console = Console(file=io.StringIO())
+    store = shared_store(settings)
+    try:
+        chunks = ingest(settings, first, console)
+        assert store.count("acme") == chunks > 0
+        assert ingest(settings, second, console) == chunks
+        assert store.count("acme") == chunks
+        ids = [c.doc_id for c in store.chunks("acme")]
+        assert ids and all(f"{tmp_path}/two/" in i for i in ids), ids
+    finally:
+        store.client.collections.delete(settings.retrieval.collection)
+
+
 def refused_twice(settings: Settings, examples: Path, console: Console) -> None:
     # A learning rate of 1e37 wrecks every adapter: its loss becomes NaN or its held-out loss
     # soars, verdicts on the adapter that the same request would come to again.
