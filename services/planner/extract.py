@@ -150,7 +150,11 @@ def relevance(unit: Unit, part: str, vocabulary: set[str]) -> float:
 def extract(state: PlannerState) -> Extraction:
     parts = checks.question_parts(state.request.question)
     units = candidates(state)
-    vocabulary = set().union(*(checks.terms(u.about) for u in units)) if units else set()
+    # The terms relevance is judged on come from what a passage supports (all units when nothing
+    # is): the question's words that an unsupported specialist sentence repeats ("gearbox seal")
+    # would otherwise raise the bar for the passage that states the rule, which shares fewer.
+    judged = [u for u in units if u.supported] or units
+    vocabulary = set().union(*(checks.terms(u.about) for u in judged)) if judged else set()
     extraction = Extraction(parts)
     for part in parts:
         best: tuple[tuple[bool, float], Unit] | None = None

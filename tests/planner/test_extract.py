@@ -100,6 +100,20 @@ def test_what_a_passage_states_beats_a_specialist_sentence_that_restates_the_sce
     [unit] = extract(s).picked
     assert unit is not None and unit.supported and unit.origin == "passage"
     assert "30 days" in unit.text
+    # The demo's globex answer: the specialist repeats the question's words, which must not raise
+    # the bar for the rule that shares fewer of them.
+    seal = "A customer wants to return an unused gearbox seal after 60 days. What applies?"
+    returns = Passage(
+        text="# Returns of parts\nGlobex accepts returns of unused turbine parts within 90 days. "
+        "A restocking fee of 15 percent applies.\nCustom-machined parts cannot be returned.",
+        score=0.9,
+        citation=Citation(doc_id="returns", source="handbook", position=0),
+    )
+    made_up = (
+        "60 days after the original installation, the customer is required to return the unused gearbox seal."
+    )
+    [unit] = extract(state(seal, [returns], {"contracts": made_up})).picked
+    assert unit is not None and unit.supported and "90 days" in unit.text
     # With nothing supported that answers, the specialist's sentence is still the answer.
     [unit] = extract(state(question, [OFFTOPIC], {"policy": invented})).picked
     assert unit is not None and unit.text == invented and not unit.supported
