@@ -121,9 +121,9 @@ def _progress(console: Console) -> Progress:
 
 
 def ingest(settings: Settings, examples: Path, console: Console) -> int:
-    """Index every example document, company-wide or private to its user: each example tenant's
-    shard is emptied first, so it holds exactly this checkout's files (a document's id is its path:
-    a second checkout on the same machine would otherwise add every passage again under its own)."""
+    """Index every example document, company-wide or private to its user (idempotent). Each example
+    tenant's shard then holds exactly this checkout's files: a document's id is its path, so another
+    checkout's copies are deleted (left, every passage came twice and was cited twice)."""
     from loraswarm.services.ingestion.files import FileOptions, discover, load_file
     from loraswarm.services.ingestion.pipeline import Indexer
     from loraswarm.shared.events import Document
@@ -135,8 +135,8 @@ def ingest(settings: Settings, examples: Path, console: Console) -> int:
     store = shared_store(settings)
     indexer = Indexer(store, load_embedder(settings), settings.retrieval, secrets=secrets)
     jobs: list[tuple[str, Path, str]] = []
+    indexed: dict[str, list[str]] = {}
     for tenant_dir in sorted(p for p in examples.iterdir() if (p / "company").is_dir()):
-        store.delete_tenant(tenant_dir.name)
         jobs.append((tenant_dir.name, tenant_dir / "company", "company"))
         for user_dir in sorted((tenant_dir / "users").glob("*")):
             jobs.append((tenant_dir.name, user_dir, f"user:{user_dir.name}"))
@@ -149,7 +149,10 @@ def ingest(settings: Settings, examples: Path, console: Console) -> int:
             )
             docs = [d for d in (load_file(p, options) for p in discover([folder])) if isinstance(d, Document)]
             chunks += indexer.index(tenant, docs).chunks
+            indexed.setdefault(tenant, []).extend(d.doc_id for d in docs)
             progress.advance(task)
+    for tenant, doc_ids in indexed.items():
+        store.delete_except(tenant, doc_ids)
     return chunks
 
 

@@ -214,6 +214,16 @@ class VectorStore:
         )
         return self._delete(tenant_id, where)
 
+    def delete_except(self, tenant_id: str, parent_ids: Sequence[str]) -> int:
+        """Delete the tenant's chunks of every document but `parent_ids`."""
+        from weaviate.classes.query import Filter
+
+        if not parent_ids:
+            raise VectorStoreError("name the documents to keep (to delete them all, delete the tenant)")
+        return self._delete(
+            tenant_id, Filter.all_of([Filter.by_property("parent_id").not_equal(p) for p in parent_ids])
+        )
+
     def delete(
         self,
         tenant_id: str,
