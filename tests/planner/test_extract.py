@@ -85,15 +85,18 @@ def test_each_part_gets_the_unit_that_answers_it() -> None:
     assert picked[1] is not None and "Maria Lund" in picked[1].text
 
 
+def handbook(doc_id: str, text: str) -> Passage:
+    return Passage(text=text, score=0.9, citation=Citation(doc_id=doc_id, source="handbook", position=0))
+
+
 def test_what_a_passage_states_beats_a_specialist_sentence_that_restates_the_scenario() -> None:
     # The demo's acme answer: the specialist's sentence shares more of the question's words than
     # the rule does, but no passage says it.
     question = "A customer wants a refund for a tent bought 45 days ago. What should we do?"
-    rule = Passage(
-        text="# Refunds and returns\nAcme Outdoor refunds tents within 30 days of purchase.\n"
+    rule = handbook(
+        "refunds",
+        "# Refunds and returns\nAcme Outdoor refunds tents within 30 days of purchase.\n"
         "After 30 days we offer store credit instead of a refund, up to 60 days.",
-        score=0.9,
-        citation=Citation(doc_id="refunds", source="handbook", position=0),
     )
     invented = "We apologize and provide a refund for the tent purchased 45 days ago."
     s = state(question, [rule], {"policy": invented})
@@ -103,11 +106,10 @@ def test_what_a_passage_states_beats_a_specialist_sentence_that_restates_the_sce
     # The demo's globex answer: the specialist repeats the question's words, which must not raise
     # the bar for the rule that shares fewer of them.
     seal = "A customer wants to return an unused gearbox seal after 60 days. What applies?"
-    returns = Passage(
-        text="# Returns of parts\nGlobex accepts returns of unused turbine parts within 90 days. "
+    returns = handbook(
+        "returns",
+        "# Returns of parts\nGlobex accepts returns of unused turbine parts within 90 days. "
         "A restocking fee of 15 percent applies.\nCustom-machined parts cannot be returned.",
-        score=0.9,
-        citation=Citation(doc_id="returns", source="handbook", position=0),
     )
     made_up = (
         "60 days after the original installation, the customer is required to return the unused gearbox seal."
