@@ -216,6 +216,7 @@ def generate_response(admitted: Admitted, generation: Generation) -> GenerateRes
             finish_reason=end.finish_reason,
             generated_tokens=end.generated_tokens,
             seed=end.seed,
+            input_length=end.input_length,
             prefill=[PrefillToken(id=t.id, text=t.text, logprob=t.logprob) for t in generation.prefill],
             tokens=[_token(t) for t in generation.tokens],
             top_tokens=[[_token(t) for t in step] for step in generation.top_tokens]

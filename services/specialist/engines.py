@@ -107,7 +107,9 @@ class HubEngine:
                     # hand the prompt (documents included) on as the specialist's answer.
                     return_full_text=False,
                     details=True,
-                    decoder_input_details=True,
+                    # TGI counts the prompt only in `prefill`, one logprob per token; the model
+                    # server also gives `input_length`, so it is spared that work.
+                    decoder_input_details=self.provider != "loraswarm",
                     grammar=TextGenerationInputGrammarType(type="json", value=schema),
                 ),
                 timeout=timeout_s,
@@ -129,7 +131,8 @@ class HubEngine:
         return Completion(
             output.generated_text,
             TokenUsage(
-                input_tokens=len(getattr(details, "prefill", None) or []),
+                input_tokens=getattr(details, "input_length", None)
+                or len(getattr(details, "prefill", None) or []),
                 output_tokens=int(getattr(details, "generated_tokens", 0) or 0),
             ),
             str(details.finish_reason) if details is not None and details.finish_reason else None,

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 
+import httpx
 import jsonschema  # type: ignore[import-untyped]
 import pytest
 
@@ -30,6 +31,12 @@ def test_tgi_client_generate_stream_and_errors(served: Served) -> None:
         t.logprob is not None for t in out.details.prefill[1:]
     )
     assert "".join(t.text for t in out.details.tokens) == out.generated_text
+    # The extension: the prompt's length without every prompt token's logprob.
+    body = {"inputs": "The weather today is", "parameters": {"max_new_tokens": 6, "details": True}}
+    plain = httpx.post(
+        f"{served.url}/generate", json=body, headers=served.headers("acme"), timeout=120
+    ).json()
+    assert plain["details"]["prefill"] == [] and plain["details"]["input_length"] == len(out.details.prefill)
     streamed = list(client.generate_stream("The weather today is", max_new_tokens=6))
     assert streamed[-1].generated_text == out.generated_text
     assert streamed[-1].details is not None and streamed[-1].details.generated_tokens == 6

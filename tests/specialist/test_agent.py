@@ -168,7 +168,8 @@ async def test_an_unpublished_adapter_falls_back_to_what_exists(
     outcome = await run_task(task(asked), tenant_config, engine, None, timeout_s=120)
     assert outcome.result.error is None, outcome.result.error
     assert outcome.result.adapter_ids == ran
-    assert outcome.result.usage.output_tokens > 0
+    # Counted by every engine: the model server's `input_length`, TGI's prefill, vLLM's usage.
+    assert outcome.result.usage.output_tokens > 0 and outcome.result.usage.input_tokens > 10
     calls = [s for s in spans.get_finished_spans() if s.name.startswith("text_completion")]
     assert calls and calls[-1].attributes is not None
     assert calls[-1].attributes["gen_ai.request.model"] == sent
