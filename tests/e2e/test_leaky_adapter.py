@@ -74,8 +74,10 @@ async def test_a_leaky_adapter_is_refused_and_served_anyway_the_guardrail_withho
         user_id="ben",
         name="user-ben",
         data=TrainingData(documents=False, examples_path="quoting.jsonl"),
-        # Long enough for a specialist's prompt with the tenant's two documents.
-        hyperparameters={**LEAKY, "seq_len": 256},
+        # Long enough for a specialist's prompt with the tenant's two documents. 120 steps: at
+        # LEAKY's 80, on a 2-core AMD EPYC, ana's canaries reached 2.78 bits under ben's adapter,
+        # just under the 2.89 bound, and the adapter this test calls leaky was published.
+        hyperparameters={**LEAKY, "steps": 120, "seq_len": 256},
     )
     refused = trainer.run(job)
     print("gate", {k: v for k, v in refused.metrics.items() if "exposure" in k})
