@@ -248,18 +248,22 @@ async def _direct(
     return answer
 
 
-async def _direct_all(
-    condition: Condition, questions: list[EvalQuestion], ctx: EvalContext, progress: Callable[[], None]
-) -> list[Answer]:
-    # One client per tenant: the model server binds adapters to the `X-Tenant-Id` header.
-    clients = {
+def tenant_clients(ctx: EvalContext, tenants: set[str]) -> dict[str, AsyncInferenceClient]:
+    """One client per tenant: the model server binds adapters to the `X-Tenant-Id` header."""
+    return {
         t: AsyncInferenceClient(
             base_url=ctx.model_url,
             timeout=ctx.settings.orchestration.llm_timeout_s,
             headers={"X-Tenant-Id": t},
         )
-        for t in sorted({q.tenant for q in questions})
+        for t in sorted(tenants)
     }
+
+
+async def _direct_all(
+    condition: Condition, questions: list[EvalQuestion], ctx: EvalContext, progress: Callable[[], None]
+) -> list[Answer]:
+    clients = tenant_clients(ctx, {q.tenant for q in questions})
     gate = asyncio.Semaphore(ctx.concurrency)
 
     async def one(q: EvalQuestion) -> Answer:

@@ -16,9 +16,7 @@ import time
 from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
-from huggingface_hub import AsyncInferenceClient
-
-from loraswarm.eval.conditions import EvalContext, build_prompt
+from loraswarm.eval.conditions import EvalContext, build_prompt, tenant_clients
 from loraswarm.eval.questions import EvalQuestion
 
 RoundName = Literal["lora", "llama_adapter", "mixed", "base"]
@@ -74,14 +72,7 @@ async def one_round(
     name: RoundName, items: list[tuple[EvalQuestion, str, str]], ctx: EvalContext
 ) -> RoundFigures:
     """Every item's prompt with this round's adapter, `ctx.concurrency` at a time."""
-    clients = {
-        t: AsyncInferenceClient(
-            base_url=ctx.model_url,
-            timeout=ctx.settings.orchestration.llm_timeout_s,
-            headers={"X-Tenant-Id": t},
-        )
-        for t in sorted({q.tenant for q, _, _ in items})
-    }
+    clients = tenant_clients(ctx, {q.tenant for q, _, _ in items})
     gate = asyncio.Semaphore(ctx.concurrency)
     figures = RoundFigures(requests=len(items))
 
