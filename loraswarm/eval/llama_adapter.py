@@ -152,7 +152,25 @@ def section(report: dict[str, Any]) -> str:
         ]
         if moved:
             lines.append(f"- Training moved {label}'s held-out loss down by {_mean(moved):.3f} on average.")
+    lines.append(gate_line(report))
     return "\n".join(lines)
+
+
+def gate_line(report: dict[str, Any]) -> str:
+    """Which adapters the trainer's gate published or refused, and the quality bound it used."""
+    adapters = report["adapters"]
+    refused = [f"{a['adapter_id']} ({a['detail']})" for a in adapters if not a["published"]]
+    bound = report["settings"].get("max_quality_regression")
+    return (
+        f"- Gate: {len(adapters) - len(refused)} of {len(adapters)} adapters published"
+        + (f"; refused: {', '.join(refused)}" if refused else "")
+        + (
+            f"; held-out loss rise allowed: {bound:.0%} (loraswarm/eval/sizes.py says why)"
+            if bound is not None
+            else ""
+        )
+        + "."
+    )
 
 
 def publish(report: dict[str, Any], benchmarks: Path) -> bool:

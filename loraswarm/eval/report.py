@@ -174,6 +174,7 @@ def build(run: EvalRun) -> dict[str, Any]:
             "concurrency": run.config.concurrency,
             "max_new_tokens": run.config.max_new_tokens,
             "min_train_tokens": run.config.min_train_tokens,
+            "max_quality_regression": run.config.max_quality_regression,
             "hyperparameters": {"steps": run.config.steps, "canaries": 0, **run.config.hyperparameters},
             "bootstrap": "percentile, 1000 resamples, 95%",
             "serving": run.serving,
@@ -249,7 +250,9 @@ def markdown(report: dict[str, Any], chart: str | None = "chart.png") -> str:
                 f"| {t} | {label} | {_fmt(e['fact_accuracy'])} | {_fmt(e['process_recall'])} | "
                 f"{_fmt(e['process_order'])} | {_fmt(e['style_adherence'])} |"
             )
-    lines += ["", "Adapters (trained by the trainer, LoRA; held-out loss before → after):", ""]
+    bound = report["settings"].get("max_quality_regression")
+    gate = f"; the gate allowed a held-out loss rise of {bound:.0%}" if bound is not None else ""
+    lines += ["", f"Adapters (trained by the trainer, LoRA; held-out loss before → after{gate}):", ""]
     lines += [
         "| adapter | outcome | training sequences | steps | held-out loss | seconds |",
         "|---|---|---:|---:|---|---|",

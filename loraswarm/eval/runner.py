@@ -51,6 +51,7 @@ class EvalConfig:
     max_new_tokens: dict[Kind, int] = field(default_factory=lambda: {"fact": 40, "process": 80, "style": 80})
     hyperparameters: dict[str, Any] = field(default_factory=dict)
     min_train_tokens: int = 96
+    max_quality_regression: float | None = None  # the gate's bound (None: the trainer's default)
     # False: no adapters are trained; every condition (the swarm's specialists included) answers
     # with the base model. For comparing what does not depend on adapters (e.g. composers) fast.
     train: bool = True
@@ -95,6 +96,9 @@ def eval_settings(config: EvalConfig) -> Settings:
     # The tenants' corpora are small (a benchmark should run in minutes on a CPU): the trainer's
     # minimum of 512 training tokens is lowered, and the report says so.
     settings.trainer.min_train_tokens = config.min_train_tokens
+    if config.max_quality_regression is not None:
+        # sizes.RECIPE_MAX_QUALITY_REGRESSION says why; the report states the bound.
+        settings.trainer.max_quality_regression = config.max_quality_regression
     # Many answers are asked at once on a CPU: one generation may queue behind the others.
     settings.orchestration.llm_timeout_s = 600
     # The planner's plan and composed answer are the swarm's longest generations; on a CPU their

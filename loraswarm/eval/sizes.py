@@ -18,6 +18,8 @@ class Size:
     max_new_tokens: dict[Kind, int]
     hyperparameters: dict[str, Any] = field(default_factory=dict)
     min_train_tokens: int = 96
+    # The trainer's quality gate bound for this size's adapters (None: the trainer's default, 2%).
+    max_quality_regression: float | None = None
 
 
 # Tiny adapters on one tenant: every condition runs on the real model, in a few minutes on 2 cores.
@@ -44,6 +46,15 @@ RECIPE: dict[str, Any] = {
     "target_modules": ["all-linear"],
     "learning_rate": 3e-3,
 }
+# The gate's held-out loss rise allowed for `RECIPE`'s adapters. A generated tenant's held-out
+# document is random names, numbers and codes: an adapter that learnt the other documents' facts
+# predicts them with confidence and so scores unseen random facts worse than the model it started
+# from, by design (measured on the AMD machine: northwind's company +7.2%, users +10.5% and +14.2%
+# at the trainer's 2%). The eval measures what the adapters answer, so it allows 25% and reports
+# every adapter's held-out loss before and after; a wrecked adapter (a NaN, or a loss that soars)
+# is still refused, and the leakage gate is unchanged. What a production tenant's bound should be
+# is open (BENCHMARKS.md, personalization).
+RECIPE_MAX_QUALITY_REGRESSION = 0.25
 # The report's size: 3 tenants with 2 users each and 150 questions (18 per kind per tenant; the
 # generator has 12 processes, so 14 process questions per tenant), so that 95% intervals can
 # separate conditions; adapters trained with `RECIPE` on the builder's examples, and as many for
@@ -55,6 +66,7 @@ FULL = Size(
     steps=300,
     max_new_tokens={"fact": 40, "process": 80, "style": 80},
     hyperparameters=RECIPE,
+    max_quality_regression=RECIPE_MAX_QUALITY_REGRESSION,
 )
 # The full size's recipe (the same adapters' recipe, question mix and lengths) on one
 # tenant with two users: about a third of the questions, for a run that fits beside other work.
@@ -65,6 +77,7 @@ MEDIUM = Size(
     steps=FULL.steps,
     max_new_tokens=FULL.max_new_tokens,
     hyperparameters=FULL.hyperparameters,
+    max_quality_regression=FULL.max_quality_regression,
 )
 SIZES = {"quick": QUICK, "medium": MEDIUM, "full": FULL}
 

@@ -99,6 +99,7 @@ def eval_command(
         max_new_tokens=dict(size.max_new_tokens),
         hyperparameters=dict(size.hyperparameters),
         min_train_tokens=size.min_train_tokens,
+        max_quality_regression=size.max_quality_regression,
         train=train,
         sizes=generated | {"size": size_name},
     )
