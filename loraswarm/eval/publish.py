@@ -140,8 +140,17 @@ def size_note(report: dict[str, Any]) -> str:
     )
 
 
-def publish_section(report: dict[str, Any], chart_file: Path, benchmarks: Path) -> None:
+# The section compares adapters with retrieval against retrieval alone; a run without both (the
+# LLaMA-Adapter comparison, a composer check) would replace the full run's table with a part of it.
+PERSONALIZATION_NEEDS = frozenset({"rag", "adapter_rag"})
+
+
+def publish_section(report: dict[str, Any], chart_file: Path, benchmarks: Path) -> bool:
+    """Write the personalization section when the run has the conditions it compares; whether it did."""
+    if not set(report["conditions"]) >= PERSONALIZATION_NEEDS:
+        return False
     target = benchmarks.parent / CHART
     target.parent.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(chart_file, target)
     write_section(benchmarks, "personalization", section(report, CHART))
+    return True

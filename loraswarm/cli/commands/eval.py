@@ -55,13 +55,14 @@ def eval_command(
     benchmarks: Path | None = typer.Option(
         None,
         "--benchmarks",
-        help="Also write the `personalization` section of this BENCHMARKS.md (chart next to it).",
+        help="Also write the sections of this BENCHMARKS.md the run can fill: `personalization` (chart next to "
+        "it) when it has rag and adapter_rag, `llama_adapter` when it has LLaMA-Adapter conditions.",
     ),
 ) -> None:
     """Ingest, train the adapters the conditions need, answer every question under each condition, score, report."""
     from loraswarm.demo import DemoError
     from loraswarm.eval.corpus import generate
-    from loraswarm.eval.publish import publish_section
+    from loraswarm.eval.publish import PERSONALIZATION_NEEDS, publish_section
     from loraswarm.eval.report import markdown, write
     from loraswarm.eval.runner import EvalConfig, EvalError, run_eval
     from loraswarm.eval.sizes import SIZES
@@ -114,8 +115,14 @@ def eval_command(
         f"written {out / 'report.md'}, {out / 'report.json'}, {out / 'chart.png'} ({run.timings_s['total']:.0f} s)"
     )
     if benchmarks is not None:
-        publish_section(report, out / "chart.png", benchmarks)
-        console.print(f"written the personalization section of {benchmarks}")
+        if publish_section(report, out / "chart.png", benchmarks):
+            console.print(f"written the personalization section of {benchmarks}")
+        else:
+            console.print(
+                "the personalization section is left as it is: it compares "
+                + " and ".join(sorted(PERSONALIZATION_NEEDS))
+                + ", and this run did not have both"
+            )
         from loraswarm.eval import llama_adapter
 
         if llama_adapter.publish(report, benchmarks):
