@@ -1,10 +1,13 @@
 """The one object a service talks to: `EventBus`.
 
 `EventBus(settings, service=...)` builds a FastStream `KafkaBroker` that runs every subscriber
-under the consumer policy (`consumer.EventPolicy`). With `broker = "kafka"` it talks to the
+under the consumer policy (`consumer.ConsumerPolicy`). With `broker = "kafka"` it talks to the
 cluster in `settings.kafka`; with `broker = "memory"` the very same broker and handlers run
 in-process on FastStream's in-memory Kafka (the embedded default), with the same decoding,
 dead-lettering and idempotency.
+
+FastStream receives (and documents) the subscribers; records go out through a `RecordSender`,
+one per broker kind, which skips FastStream's per-message publishing machinery.
 """
 
 from __future__ import annotations
@@ -14,19 +17,23 @@ import contextlib
 import logging
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from contextlib import AsyncExitStack
+from itertools import chain, groupby
 from types import TracebackType
-from typing import Any, Self, TypeVar
+from typing import Any, Protocol, Self, TypeVar
 
+from aiokafka import AIOKafkaConsumer
 from aiokafka.coordinator.assignors.range import RangePartitionAssignor
 from faststream import AckPolicy
 from faststream.kafka.annotations import KafkaMessage
+from faststream.kafka.subscriber.usecase import BatchSubscriber
+from faststream.message import StreamMessage
 
 from loraswarm.shared.codec import encode
 from loraswarm.shared.consumer import ConsumerPolicy
 from loraswarm.shared.envelope import Envelope
 from loraswarm.shared.events import DeadLetter
-from loraswarm.shared.in_process_kafka import IN_PROCESS
-from loraswarm.shared.kafka_client import ensure_topics, make_broker
+from loraswarm.shared.in_process_kafka import IN_PROCESS, InProcessSender
+from loraswarm.shared.kafka_client import KafkaSender, ensure_topics, make_broker
 from loraswarm.shared.lanes import LaneKey, Lanes
 from loraswarm.shared.metrics import EVENTS_PUBLISHED
 from loraswarm.shared.processed import ProcessedRegistry
@@ -38,6 +45,43 @@ log = logging.getLogger("loraswarm.bus")
 
 E = TypeVar("E", bound=Envelope)
 Handler = Callable[[E], Awaitable[Any]]
+
+# How long one poll of an idle consumer waits for a record; one arriving ends the wait at once.
+POLL_TIMEOUT_MS = 100
+
+
+class RecordSender(Protocol):
+    """Where the bus's records go: Kafka (`kafka_client.KafkaSender`) or the in-process broker."""
+
+    async def start(self) -> None: ...
+    async def stop(self) -> None: ...
+    async def send(
+        self, topic: str, value: bytes, key: bytes | None, headers: dict[str, str]
+    ) -> Awaitable[object]:
+        """Queue one record; the result is awaited for the broker's acknowledgement."""
+        ...
+
+
+class PromptBatchSubscriber(BatchSubscriber):
+    """FastStream's batch subscriber, less its sleep after an empty poll.
+
+    `getmany(timeout_ms=...)` already waits that long for a record and returns as soon as one
+    arrives; FastStream then slept as long again, so an event that reached an idle consumer
+    waited up to that much more on every hop (at a few requests per second, every hop of the
+    planner's paid it).
+    """
+
+    __slots__ = ()
+
+    async def get_msg(self, consumer: AIOKafkaConsumer) -> tuple[Any, ...]:
+        batch = await consumer.getmany(timeout_ms=self.batch_timeout_ms, max_records=self.max_records)
+        return tuple(chain.from_iterable(batch.values()))
+
+
+async def records_only(message: StreamMessage[Any]) -> None:
+    """The subscriber's decoder: the policy decodes the raw records itself, so FastStream's own
+    JSON decoding of every record of a batch would only be thrown away."""
+    return None
 
 
 class EventBus:
@@ -52,9 +96,15 @@ class EventBus:
         self._lanes: list[Lanes] = []
         self.broker = (
             IN_PROCESS.broker(settings)
-            if settings.broker == "memory"
-            else make_broker(settings, service=service)
+            if in_memory
+            else make_broker(settings, service=service, consumer_only=True)
         )
+        self.sender: RecordSender = (
+            InProcessSender(settings)
+            if in_memory
+            else KafkaSender(settings.kafka, client_id=f"{settings.kafka.client_id}-{service}")
+        )
+        self._published: dict[str, Any] = {}  # event type -> its EVENTS_PUBLISHED series
         self._stack: AsyncExitStack | None = None
         self._on_stop: list[Callable[[], Awaitable[object]]] = []
         # Shutdown: once stopping, fetched records are left unhandled (and uncommitted); the
@@ -124,28 +174,33 @@ class EventBus:
 
         async def on_records(message: KafkaMessage) -> None:
             raw = message.raw_message
+            records = raw if isinstance(raw, (list, tuple)) else [raw]
             consumer = getattr(message, "consumer", None)
 
             async def done(record: Any, end: int) -> None:
                 await by_topic[record.topic].handled(consumer, record.topic, record.partition, end)
 
-            for record in raw if isinstance(raw, (list, tuple)) else [raw]:
+            if lanes is None:
+                # A batch arrives partition by partition: each run of one topic's records goes to
+                # its policy whole, which then looks up their processed ids once.
+                for topic, run in groupby(records, key=lambda record: record.topic):
+                    if self._stopping:
+                        return  # not handled, not committed: the next owner gets it
+                    await self._one_at_a_time(by_topic[topic], list(run), consumer)
+                return
+            for record in records:
                 if self._stopping:
-                    return  # not handled, not committed: the next owner gets it
-                policy = by_topic[record.topic]
-                if lanes is None:
-                    await self._one_at_a_time(policy, record, consumer)
-                else:
-                    await lanes.submit(record, policy.handle_record, done)
+                    return
+                await lanes.submit(record, by_topic[record.topic].handle_record, done)
 
         names = [topic_of(m) for m in handlers]
-        self.broker.subscriber(
+        subscriber = self.broker.subscriber(
             *by_topic,
             group_id=self.settings.kafka.group(group),
             batch=True,
             max_records=500,
-            # FastStream sleeps this long again after an empty poll: short, or every idle hop waits.
-            batch_timeout_ms=10,
+            batch_timeout_ms=POLL_TIMEOUT_MS,
+            decoder=records_only,
             ack_policy=AckPolicy.MANUAL,  # the policy commits, after handling
             auto_offset_reset="earliest",
             # Range, not aiokafka's default round-robin: partition p of every topic goes to the
@@ -153,15 +208,18 @@ class EventBus:
             partition_assignment_strategy=(RangePartitionAssignor,),
             title=f"{group}:{','.join(names)}",
             description=description or f"{group} handles {', '.join(names)}",
-        )(on_records)
+        )
+        subscriber(on_records)
+        if type(subscriber) is BatchSubscriber:  # the in-process broker never polls
+            subscriber.__class__ = PromptBatchSubscriber
 
-    async def _one_at_a_time(self, policy: ConsumerPolicy[Any], record: Any, consumer: Any) -> None:
+    async def _one_at_a_time(self, policy: ConsumerPolicy[Any], records: list[Any], consumer: Any) -> None:
         task = asyncio.current_task()
         assert task is not None
         self._running[task] = self._running.get(task, 0) + 1
         self._idle.clear()
         try:
-            await policy.handle_records([record], consumer)
+            await policy.handle_records(records, consumer, stopping=lambda: self._stopping)
         finally:
             self._running[task] -= 1
             if not self._running[task]:
@@ -173,11 +231,8 @@ class EventBus:
 
     async def publish(self, event: Envelope) -> None:
         """Publish one event keyed by its tenant and wait for the broker's acknowledgement."""
-        topic = self.topic(topic_of(event))
-        with send_span(topic, event.tenant_id.encode(), str(event.event_id)):
-            record = encode(event)
-            await self._send(record.value, topic, record.key, record.headers)
-        EVENTS_PUBLISHED.labels(self.service, event.type).inc()
+        await (await self._queue(event))
+        self._count(event)
 
     async def publish_many(self, events: Sequence[Envelope]) -> None:
         """Publish several events, each confirmed, with one wait for them all.
@@ -185,24 +240,23 @@ class EventBus:
         Sending first and waiting after lets the producer fill whole batches instead of one
         round trip per event.
         """
-        if self.settings.broker == "memory":
-            for event in events:
-                await self.publish(event)
-            return
-        futures = []
+        acknowledgements = [await self._queue(event) for event in events]
+        await asyncio.gather(*acknowledgements)
         for event in events:
-            topic = self.topic(topic_of(event))
-            with send_span(topic, event.tenant_id.encode(), str(event.event_id)):
-                record = encode(event)
-                futures.append(
-                    await self.broker.publish(
-                        record.value, topic=topic, key=record.key, headers=record.headers, no_confirm=True
-                    )
-                )
-        if futures and self.settings.broker == "kafka":
-            await asyncio.gather(*futures)
-        for event in events:
-            EVENTS_PUBLISHED.labels(self.service, event.type).inc()
+            self._count(event)
+
+    async def _queue(self, event: Envelope) -> Awaitable[object]:
+        topic = self.topic(topic_of(event))
+        key = event.tenant_id.encode()
+        with send_span(topic, key, event.event_id):
+            record = encode(event)
+            return await self.sender.send(topic, record.value, record.key, record.headers)
+
+    def _count(self, event: Envelope) -> None:
+        series = self._published.get(event.type)
+        if series is None:
+            series = self._published[event.type] = EVENTS_PUBLISHED.labels(self.service, event.type)
+        series.inc()
 
     async def publish_raw(
         self, topic: str, value: bytes, *, key: bytes | None, headers: dict[str, str] | None = None
@@ -219,10 +273,7 @@ class EventBus:
         )
 
     async def _send(self, value: bytes, topic: str, key: bytes | None, headers: dict[str, str]) -> None:
-        if self.settings.broker == "memory":
-            IN_PROCESS.enqueue(self.settings, topic, value, key, headers)
-        else:
-            await self.broker.publish(value, topic=topic, key=key, headers=headers)
+        await (await self.sender.send(topic, value, key, headers))
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -235,6 +286,8 @@ class EventBus:
             self._stack.push_async_callback(self._finish_handlers)  # runs first (LIFO)
             return
         await ensure_topics(self.settings.kafka)
+        await self.sender.start()
+        self._stack.push_async_callback(self.sender.stop)  # after the broker (LIFO): dead letters
         await self.broker.start()
         self._stack.push_async_callback(self.broker.stop)
         # Runs before the broker stops (LIFO): what was handled gets committed.

@@ -10,7 +10,10 @@ A subscriber receives records in batches (one `getmany`); for each record, in pa
 4. remember the `event_id`; the ids and then the offsets are committed a few at a time, after
    handling (`OffsetCommitter`).
 
-Batches amortise FastStream's per-message machinery; handlers still see one event at a time.
+Batches amortise the per-message work; handlers still see one event at a time. What a batch
+shares: one decode pass before the first handler runs, one processed-id lookup for the whole
+batch (step 2), the metric series, and the commits. What it does not: a record counts as
+handled, and may be committed, only once its own handler has returned.
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ from typing import Any, Generic, TypeVar
 # aiokafka's own (a NamedTuple): FastStream's TopicPartition has no equality, so it never matched
 # the consumer's assignment and no offset was ever committed.
 from aiokafka import TopicPartition
-from opentelemetry.trace import Span, Status, StatusCode
+from opentelemetry.trace import Status, StatusCode
 
 from loraswarm.shared.codec import Poison, PoisonKind, decode
 from loraswarm.shared.envelope import Envelope, utc_now
@@ -62,8 +65,13 @@ class OffsetCommitter:
     timer: asyncio.Task[None] | None = None
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
+    partitions: dict[tuple[str, int], TopicPartition] = field(default_factory=dict)
+
     async def handled(self, topic: str, partition: int, offset: int) -> None:
-        self.pending[TopicPartition(topic, partition)] = offset + 1
+        tp = self.partitions.get((topic, partition))
+        if tp is None:
+            tp = self.partitions[topic, partition] = TopicPartition(topic, partition)
+        self.pending[tp] = offset + 1
         self.count += 1
         if self.count >= self.every:
             await self.flush()
@@ -108,10 +116,31 @@ class ConsumerPolicy(Generic[E]):
     dead_letter: DeadLetterSink
     committers: dict[int, OffsetCommitter] = field(default_factory=dict)
     dead_letters: int = 0
+    _consumed: dict[str, Any] = field(init=False, repr=False)
+    _handling: Any = field(init=False, repr=False)
 
-    async def handle_records(self, records: Sequence[Any], consumer: Any) -> None:
-        for record in records:
-            await self.handle_record(record)
+    def __post_init__(self) -> None:
+        # A metric's `labels(...)` lookup costs more than the increment: once per policy.
+        kind = self.model.event_type
+        self._consumed = {
+            outcome: EVENTS_CONSUMED.labels(self.group, kind, outcome)
+            for outcome in ("handled", "duplicate", "dead_lettered")
+        }
+        self._handling = EVENT_HANDLING.labels(self.group, kind)
+
+    async def handle_records(
+        self, records: Sequence[Any], consumer: Any, *, stopping: Callable[[], bool] = lambda: False
+    ) -> None:
+        """Handle `records` (this policy's topic, partition order) one after another, each
+        committed (a few at a time) once its handler has returned. Once `stopping()`, the rest
+        is left unhandled and uncommitted: the partition's next owner gets it."""
+        decoded = [self._decode(record) for record in records]
+        keys = [str(event.event_id) for event in decoded if not isinstance(event, Poison)]
+        seen = self.processed.seen_keys(keys)
+        for record, event in zip(records, decoded, strict=True):
+            if stopping():
+                return
+            await self._handle(record, event, seen)
             await self.handled(consumer, record.topic, record.partition, record.offset)
 
     async def handled(self, consumer: Any, topic: str, partition: int, offset: int) -> None:
@@ -120,34 +149,44 @@ class ConsumerPolicy(Generic[E]):
             await self._committer(consumer).handled(topic, partition, offset)
 
     async def handle_record(self, record: Any) -> None:
-        with process_span(record, self.group, None) as span:
-            await self._handle_record(record, span)
+        """Handle one record (the lanes run each record in a task of its own)."""
+        event = self._decode(record)
+        seen = set() if isinstance(event, Poison) else self.processed.seen_keys([str(event.event_id)])
+        await self._handle(record, event, seen)
 
-    async def _handle_record(self, record: Any, span: Span) -> None:
-        decoded = decode(
+    def _decode(self, record: Any) -> Envelope | Poison:
+        return decode(
             record.value,
             record.key,
             expected_type=self.model.event_type,
             max_bytes=self.kafka.max_message_bytes,
         )
-        if isinstance(decoded, Poison):
-            span.set_status(Status(StatusCode.ERROR, decoded.reason))
-            span.set_attribute("error.type", decoded.kind)
-            await self._dead_letter(record, decoded.kind, decoded.reason, attempts=1)
-            return
-        span.set_attribute("messaging.message.id", str(decoded.event_id))
-        span.set_attribute("loraswarm.tenant_id", decoded.tenant_id)
-        span.set_attribute("loraswarm.request_id", str(decoded.request_id))
-        if self.processed.seen(decoded.event_id):
-            span.set_attribute("loraswarm.duplicate", True)
-            EVENTS_CONSUMED.labels(self.group, self.model.event_type, "duplicate").inc()
-            log.info("skipping %s %s: already handled by %s", decoded.type, decoded.event_id, self.group)
-            return
-        with EVENT_HANDLING.labels(self.group, self.model.event_type).time():
-            handled = await self._run(decoded, record)  # type: ignore[arg-type]
-        if handled:
-            EVENTS_CONSUMED.labels(self.group, self.model.event_type, "handled").inc()
-        self.processed.mark(decoded.event_id)
+
+    async def _handle(self, record: Any, decoded: Envelope | Poison, seen: set[str]) -> None:
+        """Steps 1-4 for one decoded record; `seen`: the handled ids as of its batch's lookup,
+        to which this adds its own (a second copy later in the same batch is then skipped)."""
+        with process_span(record, self.group, None) as span:
+            if isinstance(decoded, Poison):
+                span.set_status(Status(StatusCode.ERROR, decoded.reason))
+                span.set_attribute("error.type", decoded.kind)
+                await self._dead_letter(record, decoded.kind, decoded.reason, attempts=1)
+                return
+            key = str(decoded.event_id)
+            if span.is_recording():
+                span.set_attribute("messaging.message.id", key)
+                span.set_attribute("loraswarm.tenant_id", decoded.tenant_id)
+                span.set_attribute("loraswarm.request_id", str(decoded.request_id))
+            if key in seen:
+                span.set_attribute("loraswarm.duplicate", True)
+                self._consumed["duplicate"].inc()
+                log.info("skipping %s %s: already handled by %s", decoded.type, key, self.group)
+                return
+            with self._handling.time():
+                handled = await self._run(decoded, record)  # type: ignore[arg-type]
+            if handled:
+                self._consumed["handled"].inc()
+            self.processed.mark_key(key)
+            seen.add(key)
 
     async def _run(self, event: E, record: Any) -> bool:
         """Run the handler with retries; False if the event ended in the dead-letter topic."""
@@ -196,7 +235,7 @@ class ConsumerPolicy(Generic[E]):
         )
         self.dead_letters += 1
         DEAD_LETTERS.labels(self.group, self.model.event_type, kind).inc()
-        EVENTS_CONSUMED.labels(self.group, self.model.event_type, "dead_lettered").inc()
+        self._consumed["dead_lettered"].inc()
         await self.dead_letter(letter, record.key)
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Awaitable
 from typing import Any
 
 from aiokafka.partitioner import DefaultPartitioner
@@ -101,6 +102,28 @@ class InProcessKafka:
             context = self._contexts.pop(key)
             self._brokers.pop(key, None)
             await context.__aexit__(None, None, None)
+
+
+class InProcessSender:
+    """Sends records to the in-process broker (the event bus's `RecordSender` in memory): queued
+    at once and delivered by the broker's workers, so the acknowledgement is immediate."""
+
+    def __init__(self, settings: Settings) -> None:
+        self._settings = settings
+
+    async def start(self) -> None:
+        return None
+
+    async def stop(self) -> None:
+        return None
+
+    async def send(
+        self, topic: str, value: bytes, key: bytes | None, headers: dict[str, str]
+    ) -> Awaitable[object]:
+        IN_PROCESS.enqueue(self._settings, topic, value, key, headers)
+        acknowledged = asyncio.get_running_loop().create_future()
+        acknowledged.set_result(None)
+        return acknowledged
 
 
 def _unfinished(queue: asyncio.Queue[Any]) -> bool:

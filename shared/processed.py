@@ -7,9 +7,11 @@ handler succeeds, so the second delivery is recognised and skipped.
 
 from __future__ import annotations
 
+import json
 import sqlite3
 import time
 import uuid
+from collections.abc import Sequence
 from pathlib import Path
 
 
@@ -31,15 +33,30 @@ class ProcessedEvents:
         self._pending: set[str] = set()
 
     def seen(self, event_id: uuid.UUID) -> bool:
-        key = str(event_id)
-        if key in self._pending:
-            return True
-        row = self._db.execute("SELECT 1 FROM processed WHERE event_id = ?", (key,)).fetchone()
-        return row is not None
+        return self.seen_keys([str(event_id)]) != set()
+
+    def seen_keys(self, keys: Sequence[str]) -> set[str]:
+        """Which of these event ids (as `str(uuid)`) were handled: marked, flushed or not.
+
+        One query for a whole batch: a consumer asks once per fetched batch, not once per record.
+        """
+        found = {key for key in keys if key in self._pending}
+        rest = [key for key in keys if key not in found]
+        if rest:
+            # One bound parameter, however many ids (SQLite limits the number of parameters).
+            rows = self._db.execute(
+                "SELECT event_id FROM processed WHERE event_id IN (SELECT value FROM json_each(?))",
+                (json.dumps(rest),),
+            )
+            found.update(row[0] for row in rows)
+        return found
 
     def mark(self, event_id: uuid.UUID) -> None:
         """Remember `event_id`; it is durable after the next `flush()`."""
-        self._pending.add(str(event_id))
+        self.mark_key(str(event_id))
+
+    def mark_key(self, key: str) -> None:
+        self._pending.add(key)
 
     def flush(self) -> None:
         """Write the pending marks in one transaction (called just before an offset commit)."""

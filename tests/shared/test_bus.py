@@ -8,13 +8,15 @@ import json
 from collections.abc import Callable
 from typing import Any
 
+import pytest
 from opentelemetry import trace
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind
 
+from loraswarm.shared import tracing
 from loraswarm.shared.bus import EventBus
 from loraswarm.shared.envelope import Envelope
-from loraswarm.shared.events import EVENT_MODELS, DeadLetter, RetrievalRequested
+from loraswarm.shared.events import EVENT_MODELS, DeadLetter, RetrievalCompleted, RetrievalRequested
 from loraswarm.shared.settings import Settings
 from tests.samples import sample_events
 
@@ -202,3 +204,29 @@ async def test_what_the_handlers_use_is_closed_when_the_bus_stops(settings: Sett
         await until(lambda: "handled" in log)
         assert log == ["handled"]  # nothing closed while the bus runs
     assert log == ["handled", "closed second", "closed first"]
+
+
+async def test_a_process_that_records_no_spans_still_passes_the_trace_on(
+    settings: Settings, spans: InMemorySpanExporter, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Without a tracer provider the bus makes no spans, and the trace that came in goes out."""
+    bus = EventBus(settings, service="test")
+    received: dict[str, int] = {}
+
+    @bus.consumer(RetrievalRequested, group="untraced-hop")
+    async def hop(event: RetrievalRequested) -> None:
+        received["hop"] = trace.get_current_span().get_span_context().trace_id
+        await bus.publish(event.caused(RetrievalCompleted, passages=[]))
+
+    @bus.consumer(RetrievalCompleted, group="untraced-end")
+    async def end(event: RetrievalCompleted) -> None:
+        received["end"] = trace.get_current_span().get_span_context().trace_id
+
+    async with bus:
+        with trace.get_tracer("test").start_as_current_span("client request") as root:
+            monkeypatch.setattr(tracing, "recording", lambda: False)
+            await bus.publish(RetrievalRequested(tenant_id="acme", query="q"))
+        await until(lambda: "end" in received)
+
+    assert received == {"hop": root.get_span_context().trace_id, "end": root.get_span_context().trace_id}
+    assert [s.name for s in spans.get_finished_spans()] == ["client request"], "spans made while off"
