@@ -52,6 +52,7 @@ def build(settings: Settings, *, llm: PrimaryLLM | None = None) -> PlannerServic
         llm,
         TenantRegistry(settings.orchestration.tenants_dir, defaults_from=settings.data_dir),
         OutputGuard(settings.data_dir, SecretRegistry(settings.data_dir)),
+        publish_many=bus.publish_many,
     )
     bus.consumers(
         GROUP,

@@ -14,7 +14,7 @@ import contextlib
 import logging
 import uuid
 from collections import defaultdict
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import datetime, timedelta
 
 from loraswarm.services.planner import accounting
@@ -48,6 +48,7 @@ from loraswarm.shared.tenants import TenantConfig, TenantConfigError, TenantRegi
 log = logging.getLogger("loraswarm.planner")
 
 Publish = Callable[[Envelope], Awaitable[None]]
+PublishMany = Callable[[Sequence[Envelope]], Awaitable[None]]
 FailCode = str
 
 
@@ -61,10 +62,13 @@ class Planner:
         tenants: TenantRegistry,
         guard: OutputGuard,
         *,
+        publish_many: PublishMany | None = None,
         now: Callable[[], datetime] = utc_now,
     ) -> None:
         self.settings = settings
         self.publish = publish
+        # Several events with one wait for their acknowledgements (the fan-out's tasks).
+        self.publish_many = publish_many or self._one_by_one
         self.store = store
         self.llm = llm
         self.tenants = tenants
@@ -72,6 +76,10 @@ class Planner:
         self.now = now
         # The deadline loop and the handlers run in one event loop: one request at a time.
         self._locks: defaultdict[uuid.UUID, asyncio.Lock] = defaultdict(asyncio.Lock)
+
+    async def _one_by_one(self, events: Sequence[Envelope]) -> None:
+        for event in events:
+            await self.publish(event)
 
     def _tenant(self, tenant_id: str) -> TenantConfig | None:
         try:
@@ -175,8 +183,7 @@ class Planner:
                     question=task.question,
                     adapter_ids=task.adapter_ids,
                 )
-            for task in tasks:
-                await self.publish(task)
+            await self.publish_many(tasks)
             state.phase = "waiting"
             await self.store.put(state)
 

@@ -16,6 +16,13 @@ runs once a tenth of the log is superseded; `delete.retention.ms` 10 min, how lo
 itself stays, which must exceed the time an instance takes to read the topic from the start
 (Kafka guarantees a reader that reaches the end within it sees every tombstone).
 
+The barrier costs one round trip for the topic's end offsets. It does not wait for the tail to
+read back this instance's own writes: `put` applies a state to the table when Kafka acknowledges
+it, so an offset this instance wrote counts as read, and the tail, when it reaches it, skips it
+(no second parse) as it skips any record of a request older than the state the table holds.
+What the barrier still waits for is a record someone else wrote: the state of a request whose
+tenant another instance owned until a rebalance.
+
 A finished request is still remembered, in memory, by the instances that saw it finish (a
 bounded table of the latest `remember_finished`): a redelivered `recommendation.requested` of a
 request that just finished is then ignored, not answered twice. The window is the table's size;
@@ -185,6 +192,13 @@ class KafkaStateStore:
         self.records_read = 0
         self._partitioner = DefaultPartitioner()
         self._tail_task: asyncio.Task[None] | None = None
+        # This instance's acknowledged writes the tail has not read back yet: offsets per
+        # partition (the barrier counts them as read) and, per request, its latest write's
+        # offset (the tail skips that request's records up to it: the table holds newer).
+        self._own_offsets: dict[int, set[int]] = {}
+        self._own_latest: dict[uuid.UUID, int] = {}
+        self._read_to: dict[int, int] = {}  # partition -> the tail's next offset
+        self._progress = asyncio.Event()  # set (and replaced) each time the tail reads records
 
     async def start(self) -> None:
         from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
@@ -236,30 +250,57 @@ class KafkaStateStore:
     async def _tail(self) -> None:
         while True:
             batch = await self._consumer.getmany(timeout_ms=200)
-            for records in batch.values():
+            for tp, records in batch.items():
                 self.records_read += len(records)
+                own = self._own_offsets.get(tp.partition, set())
                 for record in records:
-                    key = uuid.UUID(record.key.decode())
-                    if record.value is None:
-                        # Finished (by us or by the instance that owned it): remember, forget.
-                        state = self._table.pop(key, None)
-                        if state is not None:
-                            self.finished.add(state)
-                    else:
-                        self._table[key] = PlannerState.model_validate_json(record.value)
+                    own.discard(record.offset)
+                    self._apply(record)
+                if records:
+                    self._read_to[tp.partition] = records[-1].offset + 1
+            if batch:
+                progress, self._progress = self._progress, asyncio.Event()
+                progress.set()
+
+    def _apply(self, record: Any) -> None:
+        key = uuid.UUID(record.key.decode())
+        latest = self._own_latest.get(key)
+        if latest is not None:
+            if record.offset < latest:
+                return  # superseded by this instance's later write, already in the table
+            del self._own_latest[key]
+            if record.offset == latest:
+                return  # that write itself
+        if record.value is None:
+            # Finished (by us or by the instance that owned it): remember, forget.
+            state = self._table.pop(key, None)
+            if state is not None:
+                self.finished.add(state)
+        else:
+            self._table[key] = PlannerState.model_validate_json(record.value)
 
     async def _barrier(self, timeout_s: float = 10.0) -> None:
         """Wait until the local table holds everything written to the topic so far."""
         ends = await self._offsets.end_offsets(self._partitions)
         deadline = asyncio.get_running_loop().time() + timeout_s
-        while not await self._caught_up(ends):
-            if asyncio.get_running_loop().time() > deadline:
+        while True:
+            progress = self._progress  # taken before the check: a batch read during it wakes us
+            if await self._caught_up(ends):
+                return
+            left = deadline - asyncio.get_running_loop().time()
+            if left <= 0:
                 raise TimeoutError(f"the planner state table did not catch up with {self.topic}")
-            await asyncio.sleep(0.005)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(progress.wait(), timeout=left)
 
     async def _caught_up(self, ends: dict[Any, int]) -> bool:
         for tp, end in ends.items():
-            if int(await self._consumer.position(tp)) < end:
+            position = int(await self._consumer.position(tp))
+            if position >= end:
+                continue
+            own = self._own_offsets.get(tp.partition, set())
+            # Unread records this instance wrote itself are already in the table.
+            if end - position > len(own) or any(o not in own for o in range(position, end)):
                 return False
         return True
 
@@ -276,12 +317,15 @@ class KafkaStateStore:
         """Save an open request's state; a done one is tombstoned (its outcome is published)."""
         state = state.model_copy(update={"updated_at": utc_now()})
         done = state.phase == "done"
-        await self._producer.send_and_wait(
+        written = await self._producer.send_and_wait(
             self.topic,
             None if done else state.model_dump_json().encode(),
             key=str(state.request_id).encode(),
             partition=self.partition_of(state.tenant_id),
         )
+        if written.offset >= self._read_to.get(written.partition, 0):  # not read back yet
+            self._own_offsets.setdefault(written.partition, set()).add(written.offset)
+            self._own_latest[state.request_id] = written.offset
         if done:
             self._table.pop(state.request_id, None)
             self.finished.add(state)

@@ -81,3 +81,37 @@ async def test_a_restarted_store_reads_only_live_requests_from_kafka(
         assert second.records_read == 1 + 2 * len(finished)
     finally:
         await second.stop()
+
+
+async def test_each_read_sees_the_latest_write_of_either_instance(
+    kafka_bootstrap: str, tmp_path: Path
+) -> None:
+    """Two instances writing one request's state in turn (a tenant moving between them): a read
+    waits for the other's writes, and an instance's own writes, acknowledged but not yet read
+    back by its tail, are never replaced by an older record the tail reads."""
+    from tests.conftest import isolated_settings
+    from tests.shared.test_bus import until
+
+    settings = isolated_settings("kafka", tmp_path, kafka_bootstrap)
+    a, b = KafkaStateStore(settings), KafkaStateStore(settings)
+    await a.start()
+    await b.start()
+    try:
+        state = a_state()
+        for step in range(6):
+            writer, reader = (a, b) if step % 2 == 0 else (b, a)
+            state.notes = [f"step {step}"]
+            await writer.put(state)
+            await writer.put(state.model_copy(update={"notes": [f"step {step}", "again"]}))
+            for store in (writer, reader):
+                read = await store.get(state.request_id)
+                assert read is not None and read.notes == [f"step {step}", "again"], (step, store is a)
+        # Once each tail has read every record, the tables still hold the latest state.
+        await until(lambda: a.records_read == b.records_read == 12)
+        for store in (a, b):
+            assert store.open_states()[0].notes == ["step 5", "again"]
+            assert store._own_offsets == {p: set() for p in store._own_offsets}, "own offsets not released"
+            assert store._own_latest == {}
+    finally:
+        await a.stop()
+        await b.stop()
