@@ -213,7 +213,7 @@ def markdown(results: list[PipelineResult], n: int, rate: float) -> str:
             f"Machine: {describe()}. Real local Kafka; {n} requests over {len(TENANTS)} tenants, open loop at {rate:g}/s; "
             "the primary LLM answers instantly and the retriever and specialists at once, so the overhead column "
             "(end-to-end minus time inside LLM calls) is the planner's own cost: 6 Kafka hops, state writes to the "
-            "compacted state topic with a read barrier, plan validation, fan-out, composition. Goal: overhead p50 ≤ 50 ms. "
+            "compacted state topic with a read barrier, plan validation, fan-out, composition. Goal: overhead p50 ≤ 20 ms. "
             "End-to-end latency with the real model server is dominated by generation on the CPU and is not in this table.",
             "",
             *rows,
