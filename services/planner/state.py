@@ -201,14 +201,15 @@ class KafkaStateStore:
         self._progress = asyncio.Event()  # set (and replaced) each time the tail reads records
 
     async def start(self) -> None:
-        from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+        from aiokafka import AIOKafkaConsumer, TopicPartition
 
-        from loraswarm.shared.kafka_client import aiokafka_security, ensure_topics
+        from loraswarm.shared.kafka_client import aiokafka_security, ensure_topics, make_producer
 
         kafka = self.settings.kafka
         await ensure_topics(kafka, (STATE_TOPIC,), config=self._topic_config)
         security = aiokafka_security(kafka)
-        self._producer = AIOKafkaProducer(bootstrap_servers=kafka.bootstrap_servers, acks="all", **security)
+        # The bus's producer settings: a state with many passages may be past aiokafka's 1 MB default.
+        self._producer = make_producer(kafka, client_id=f"{kafka.client_id}-planner-state")
         self._consumer = AIOKafkaConsumer(
             bootstrap_servers=kafka.bootstrap_servers,
             enable_auto_commit=False,
