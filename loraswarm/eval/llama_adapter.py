@@ -146,12 +146,16 @@ def section(report: dict[str, Any]) -> str:
         )
     for method, label in (("lora", "LoRA"), ("llama_adapter", "LLaMA-Adapter")):
         moved = [
-            a["metrics"]["start_heldout_loss"] - a["metrics"]["heldout_loss"]
+            a["metrics"]["heldout_loss"] - a["metrics"]["start_heldout_loss"]
             for a in report["adapters"]
             if a.get("method", "lora") == method and "heldout_loss" in a["metrics"]
         ]
         if moved:
-            lines.append(f"- Training moved {label}'s held-out loss down by {_mean(moved):.3f} on average.")
+            change = _mean(moved)
+            lines.append(
+                f"- Training changed {label}'s held-out loss by {change:+.3f} on average "
+                f"({'lower' if change < 0 else 'higher'} than the model it started from)."
+            )
     lines.append(gate_line(report))
     return "\n".join(lines)
 
