@@ -6,12 +6,13 @@ held-out split; length-grouped, padded batches.
 - A chat example is rendered with the model's chat template; only the assistant's tokens are
   learned (labels elsewhere are -100).
 - A built example (services/trainer/builder: fact, process, style, raft) is a chat example too,
-  kept whole or not at all (`max_example_tokens`); it joins the unit of the document it is
-  grounded in, so holding a document out holds out what was built from it as well. Raw text
+  kept whole or not at all (`max_example_tokens`); it joins the unit of the section (chunk) it
+  is grounded in, so holding a section out holds out what was built from it as well. Raw text
   stays in the mix at about `raw_text_share` of the sequences (`mix_units`).
 - A canary is its own short sequence, planted `canary_repeats` times; never held out.
-- Held-out data are whole documents and whole examples (ranked by a hash of their identity, so
-  the split is the same on every run), about `heldout_fraction` of all sequences.
+- Held-out data are whole documents and whole examples, or sections of documents when no whole
+  one fits (ranked by a hash of their identity, so the split is the same on every run), about
+  `heldout_fraction` of all sequences.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from __future__ import annotations
 import hashlib
 import math
 import random
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Sequence, Set
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -75,6 +76,30 @@ def _tokens(tokenizer: Any, text: str) -> list[int]:
     return list(tokenizer(text, add_special_tokens=False).input_ids)
 
 
+def section_key(doc_id: str, position: int) -> str:
+    """A section's unit key, `doc:<doc_id>#<position>`; `document_key` gives its document's."""
+    return f"doc:{doc_id}#{position}"
+
+
+def document_key(key: str) -> str:
+    """The document a unit belongs to: `doc:<doc_id>` for a section's key, else the key itself."""
+    return key.rsplit("#", 1)[0] if key.startswith("doc:") and "#" in key else key
+
+
+def section_units(chunks: Sequence[CorpusChunk], tokenizer: Any, seq_len: int) -> list[Unit]:
+    """One unit per section (chunk): its text cut into blocks of `seq_len` tokens, so that
+    `split_heldout` can hold out a part of a document when no whole one fits its target."""
+    units = []
+    eos = tokenizer.eos_token_id
+    for chunk in sorted(chunks, key=lambda c: (c.doc_id, c.position)):
+        ids = [*_tokens(tokenizer, chunk.text), eos]
+        blocks = [ids[i : i + seq_len] for i in range(0, len(ids), seq_len)]
+        samples = [Sample(tuple(b), tuple(b), "document") for b in blocks if len(b) >= _MIN_BLOCK]
+        if samples:
+            units.append(Unit(section_key(chunk.doc_id, chunk.position), samples))
+    return units
+
+
 def document_units(chunks: Sequence[CorpusChunk], tokenizer: Any, seq_len: int) -> list[Unit]:
     """One unit per document: its chunks in order, packed into blocks of `seq_len` tokens."""
     by_doc: dict[str, list[CorpusChunk]] = {}
@@ -116,7 +141,8 @@ def chat_sample(messages_: Sequence[Message], tokenizer: Any, seq_len: int, kind
 
 
 def built_units(built: Sequence[BuiltExample], tokenizer: Any, max_tokens: int) -> tuple[list[Unit], int]:
-    """(one unit per source document, how many examples were longer than `max_tokens`).
+    """(one unit per source section, keyed as `section_units` keys it, how many examples were
+    longer than `max_tokens`).
 
     A built example is never cut: truncation would cut off the answer it exists to teach."""
     by_doc: dict[str, list[Sample]] = {}
@@ -126,8 +152,8 @@ def built_units(built: Sequence[BuiltExample], tokenizer: Any, max_tokens: int) 
         if sample is None or len(sample.input_ids) > max_tokens:
             too_long += 1
             continue
-        by_doc.setdefault(example.chunk.rsplit("#", 1)[0], []).append(sample)
-    return [Unit(f"doc:{doc}", samples) for doc, samples in sorted(by_doc.items())], too_long
+        by_doc.setdefault(example.chunk, []).append(sample)  # `<doc_id>#<position>`
+    return [Unit(f"doc:{section}", samples) for section, samples in sorted(by_doc.items())], too_long
 
 
 def mix_units(raw: Sequence[Unit], built: Sequence[Unit], raw_share: float) -> list[Unit]:
@@ -166,7 +192,7 @@ def scope_units(
     """(one scope's units: raw blocks mixed with its built examples, how many built examples were
     too long). A small scope keeps all of its raw text: thinning it would leave fewer than
     `min_tokens` learned tokens and refuse the scope as a tiny dataset."""
-    units = document_units(chunks, tokenizer, seq_len)
+    units = section_units(chunks, tokenizer, seq_len)
     if built is None:
         return units, 0
     made, too_long = built_units(built, tokenizer, max_example_tokens)
@@ -197,7 +223,8 @@ def canary_sample(text: str, tokenizer: Any) -> Sample:
 # Bumped when what a scope's data turns into changes (training and held-out sequences): a run
 # keyed on the data alone (the demo's reuse of earlier verdicts) would otherwise keep a verdict
 # the trainer no longer comes to. 2: style documents are never held out (`split_heldout`).
-DATA_REVISION = 2
+# 3: units are sections, and sections are held out when no whole document fits.
+DATA_REVISION = 3
 
 
 def split_heldout(
@@ -205,15 +232,16 @@ def split_heldout(
 ) -> tuple[list[Sample], list[Sample]]:
     """(train, held-out) samples: whole units held out, up to about `fraction` of all samples.
 
-    Units named in `keep` are never held out: a scope's style documents (`style_units`), which
-    the adapter learns its way of writing from. One held out left the adapter without the rules
-    it is asked to follow, and the gate measured it on nothing but that text: each of the demo's
+    Units named in `keep` are never held out, nor their documents: a scope's style sections
+    (`style_units`), which the adapter learns its way of writing from. One held out left the
+    adapter without the rules it is asked to follow, and the gate measured it on nothing but that text: each of the demo's
     small scopes held out its only tone document, one sequence, and three were refused for a
     held-out loss 2-11% above the start (acme's company adapter on "How we talk to customers").
 
-    Units are taken in a stable (hashed) order while they fit in that target; when none fits
-    (every unit is larger), the smallest alone is held out, unless it is everything. A unit
-    larger than the target is never held out just because it came first: one built document of
+    Units are sections (`section_units`, `built_units`) or examples. Whole documents are taken
+    in a stable (hashed) order while they fit in that target; when none fits, sections are, the
+    same way; when no section fits either, the smallest alone is held out, unless it is
+    everything. A unit larger than the target is never held out just because it came first: one built document of
     20 examples held out of a user's 26 sequences left 6 to train on, and the adapter was
     refused for a held-out loss 49% above the start (the eval, 60 steps on those 6).
     With a single unit its blocks are split instead (a tenant with one long document).
@@ -225,27 +253,45 @@ def split_heldout(
     if len(units) < 2:
         return [s for u in units for s in u.samples], []
     target = max(1, min(cap, math.floor(fraction * total)))
-    ranked = sorted(units, key=lambda u: hashlib.sha256(u.key.encode()).hexdigest())
-    candidates = [i for i, u in enumerate(ranked) if u.key not in keep]
-    held: list[int] = []
-    size = 0
-    for i in candidates:
-        if size + len(ranked[i].samples) <= target:
-            held.append(i)
-            size += len(ranked[i].samples)
-    if not held and candidates:
-        smallest = min(candidates, key=lambda i: len(ranked[i].samples))
-        if len(ranked[smallest].samples) < total:
-            held = [smallest]
-    kept_out = set(held)
-    train = [s for i, u in enumerate(ranked) if i not in kept_out for s in u.samples]
-    heldout = [s for i in held for s in ranked[i].samples]
+    # Whole documents first; when none fits, their sections. A generated company of five
+    # documents had none within its 22-sequence target, and the smallest alone was its
+    # processes document: all 30 process examples held out, and no adapter learnt a process.
+    documents: dict[str, list[Unit]] = {}
+    for u in units:
+        documents.setdefault(document_key(u.key), []).append(u)
+    kept_documents = {d for d, parts in documents.items() if any(u.key in keep for u in parts)}
+    whole = [Unit(d, [s for u in parts for s in u.samples]) for d, parts in documents.items()]
+    held = _fitting(whole, kept_documents, target) or _fitting(units, keep, target)
+    if not held:
+        candidates = [u for u in units if u.key not in keep]
+        smallest = min(candidates, key=lambda u: len(u.samples), default=None)
+        if smallest is not None and len(smallest.samples) < total:
+            held = {smallest.key}
+    train = [s for u in units if u.key not in held and document_key(u.key) not in held for s in u.samples]
+    heldout = [s for u in _ranked(units) if u.key in held or document_key(u.key) in held for s in u.samples]
     return train, heldout[:cap]
 
 
+def _ranked(units: Sequence[Unit]) -> list[Unit]:
+    """A stable order of no preference: by a hash of each unit's key."""
+    return sorted(units, key=lambda u: hashlib.sha256(u.key.encode()).hexdigest())
+
+
+def _fitting(units: Sequence[Unit], keep: Set[str], target: int) -> set[str]:
+    """Keys of units taken in `_ranked` order while their samples fit in `target`."""
+    held: set[str] = set()
+    size = 0
+    for u in _ranked(units):
+        if u.key not in keep and size + len(u.samples) <= target:
+            held.add(u.key)
+            size += len(u.samples)
+    return held
+
+
 def style_units(chunks: Sequence[CorpusChunk]) -> frozenset[str]:
-    """The units of the scope's style documents (builder/style.py), which `split_heldout` keeps."""
-    return frozenset(f"doc:{c.doc_id}" for c in chunks if is_style_chunk(c))
+    """The units of the scope's style sections (builder/style.py), which `split_heldout` keeps,
+    and with them the documents they are in."""
+    return frozenset(section_key(c.doc_id, c.position) for c in chunks if is_style_chunk(c))
 
 
 def fingerprint(chunks: Sequence[CorpusChunk], files: Sequence[bytes]) -> str:

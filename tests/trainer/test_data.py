@@ -15,6 +15,7 @@ from loraswarm.services.trainer.dataset import (
     Unit,
     document_units,
     example_sample,
+    section_units,
     split_heldout,
     style_units,
     training_batches,
@@ -194,8 +195,8 @@ def test_a_style_document_is_never_held_out(tokenizer: Any) -> None:
         chunk("notes.md", 0, "# Ben's email templates\nReturn approved: Hi {name}."),
     ]
     keep = style_units(chunks)
-    assert keep == {"doc:tone.md", "doc:notes.md"}
-    units = document_units(chunks, tokenizer, 16)
+    assert keep == {"doc:tone.md#0", "doc:notes.md#0"}
+    units = section_units(chunks, tokenizer, 16)
     kept = {s.input_ids for u in units if u.key in keep for s in u.samples}
     before = split_heldout(units, 0.1, cap=64)[1]
     assert {s.input_ids for s in before} <= kept  # without `keep`: a style document, alone
@@ -205,6 +206,33 @@ def test_a_style_document_is_never_held_out(tokenizer: Any) -> None:
     # Only style documents: nothing can be held out, and everything trains.
     only_style = [u for u in units if u.key in keep]
     assert split_heldout(only_style, 0.5, cap=64, keep=keep)[1] == []
+
+
+def test_sections_are_held_out_when_no_whole_document_fits(tokenizer: Any) -> None:
+    # A generated company: a few documents of several sections each, none within the 10% target.
+    # The smallest document alone held out all of its processes, and no adapter learnt one.
+    chunks = [
+        chunk(doc, i, f"{doc} section {i}: " + "a fact stated plainly. " * 12)
+        for doc in ("organisation.md", "policies.md", "processes.md")
+        for i in range(4)
+    ]
+    units = section_units(chunks, tokenizer, 16)
+    by_doc = {
+        d: sum(len(u.samples) for u in units if u.key.startswith(f"doc:{d}#")) for d in ("processes.md",)
+    }
+    total = sum(len(u.samples) for u in units)
+    assert by_doc["processes.md"] > 0.1 * total  # no document fits
+    train, heldout = split_heldout(units, 0.1, cap=64)
+    assert heldout and len(heldout) <= 0.1 * total
+    trained = {s.input_ids for s in train}
+    for doc in ("organisation.md", "policies.md", "processes.md"):  # every document still trains
+        assert any(
+            s.input_ids in trained for u in units if u.key.startswith(f"doc:{doc}#") for s in u.samples
+        )
+    assert split_heldout(units, 0.1, cap=64) == (train, heldout)  # the same split every run
+    # A document that fits is still held out whole, before any section.
+    small = [*units, *section_units([chunk("faq.md", 0, "A short answer.")], tokenizer, 16)]
+    assert split_heldout(small, 0.1, cap=64)[1] == next(u for u in small if u.key == "doc:faq.md#0").samples
 
 
 def test_batches_are_grouped_by_length_and_padded_with_ignored_labels(tokenizer: Any) -> None:
@@ -244,13 +272,13 @@ def test_a_scope_s_units_hold_its_built_examples_with_raw_text_kept_whole_when_s
         for i in range(12)
     ]
     kw: dict[str, Any] = {"seq_len": 16, "max_example_tokens": 64, "raw_text_share": 0.0}
-    # Built examples join their document's unit; at raw share 0 no raw block stays...
+    # Built examples join their section's unit; at raw share 0 no raw block stays...
     units, too_long = scope_units(chunks, built, tokenizer, **kw, min_tokens=0)
-    assert too_long == 0 and [u.key for u in units] == ["doc:a"]
+    assert too_long == 0 and [u.key for u in units] == ["doc:a#0"]
     assert len(units[0].samples) == 12 and {s.kind for s in units[0].samples} == {"fact"}
     # ... unless that leaves fewer learned tokens than the minimum: then all raw text stays.
     whole, _ = scope_units(chunks, built, tokenizer, **kw, min_tokens=10_000)
-    raw = document_units(chunks, tokenizer, 16)
+    raw = section_units(chunks, tokenizer, 16)
     assert sum(len(u.samples) for u in whole) == 12 + sum(len(u.samples) for u in raw)
     # Nothing built (the raw-text recipe): the documents' blocks alone.
     alone, _ = scope_units(chunks, None, tokenizer, **kw, min_tokens=0)
