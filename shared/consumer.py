@@ -135,12 +135,12 @@ class ConsumerPolicy(Generic[E]):
         committed (a few at a time) once its handler has returned. Once `stopping()`, the rest
         is left unhandled and uncommitted: the partition's next owner gets it."""
         decoded = [self._decode(record) for record in records]
-        keys = [str(event.event_id) for event in decoded if not isinstance(event, Poison)]
-        seen = self.processed.seen_keys(keys)
-        for record, event in zip(records, decoded, strict=True):
+        keys = [None if isinstance(event, Poison) else str(event.event_id) for event in decoded]
+        seen = self.processed.seen_keys([key for key in keys if key is not None])
+        for record, event, key in zip(records, decoded, keys, strict=True):
             if stopping():
                 return
-            await self._handle(record, event, seen)
+            await self._handle(record, event, key, seen)
             await self.handled(consumer, record.topic, record.partition, record.offset)
 
     async def handled(self, consumer: Any, topic: str, partition: int, offset: int) -> None:
@@ -151,8 +151,8 @@ class ConsumerPolicy(Generic[E]):
     async def handle_record(self, record: Any) -> None:
         """Handle one record (the lanes run each record in a task of its own)."""
         event = self._decode(record)
-        seen = set() if isinstance(event, Poison) else self.processed.seen_keys([str(event.event_id)])
-        await self._handle(record, event, seen)
+        key = None if isinstance(event, Poison) else str(event.event_id)
+        await self._handle(record, event, key, set() if key is None else self.processed.seen_keys([key]))
 
     def _decode(self, record: Any) -> Envelope | Poison:
         return decode(
@@ -162,16 +162,17 @@ class ConsumerPolicy(Generic[E]):
             max_bytes=self.kafka.max_message_bytes,
         )
 
-    async def _handle(self, record: Any, decoded: Envelope | Poison, seen: set[str]) -> None:
-        """Steps 1-4 for one decoded record; `seen`: the handled ids as of its batch's lookup,
-        to which this adds its own (a second copy later in the same batch is then skipped)."""
+    async def _handle(self, record: Any, decoded: Envelope | Poison, key: str | None, seen: set[str]) -> None:
+        """Steps 1-4 for one decoded record (`key`: its event id as a string); `seen`: the
+        handled ids as of its batch's lookup, to which this adds its own (a second copy later
+        in the same batch is then skipped)."""
         with process_span(record, self.group, None) as span:
             if isinstance(decoded, Poison):
                 span.set_status(Status(StatusCode.ERROR, decoded.reason))
                 span.set_attribute("error.type", decoded.kind)
                 await self._dead_letter(record, decoded.kind, decoded.reason, attempts=1)
                 return
-            key = str(decoded.event_id)
+            assert key is not None  # a decoded event's id
             if span.is_recording():
                 span.set_attribute("messaging.message.id", key)
                 span.set_attribute("loraswarm.tenant_id", decoded.tenant_id)

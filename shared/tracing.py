@@ -11,6 +11,7 @@ from __future__ import annotations
 import functools
 import json
 import threading
+import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -96,15 +97,34 @@ def _key_attr(key: bytes | None) -> dict[str, Any]:
     return {} if key is None else {"messaging.kafka.message.key": key.decode("utf-8", "replace")}
 
 
-def recording() -> bool:
+class _Recording:
     """Whether this process records spans: an SDK tracer provider is installed.
 
     Without one (the `none` exporter, the benchmarks), OpenTelemetry's API would still build a
     non-recording span per send and per process and propagate through them: the messaging spans
     below then skip the spans and keep only what reaches the next hop, the incoming trace
     context, so a trace still runs through a process that records none of it.
+
+    Asked twice per event, so the answer is kept: for good once a provider is installed (there
+    is one per process), for a second while none is (services install theirs before their bus
+    starts; asking the API each time cost about as much as the span it decides on).
     """
-    return isinstance(trace.get_tracer_provider(), TracerProvider)
+
+    def __init__(self) -> None:
+        self._on = False
+        self._asked_at = -_RECHECK_S
+
+    def __call__(self) -> bool:
+        if not self._on:
+            now = time.monotonic()
+            if now - self._asked_at >= _RECHECK_S:
+                self._on = isinstance(trace.get_tracer_provider(), TracerProvider)
+                self._asked_at = now
+        return self._on
+
+
+_RECHECK_S = 1.0
+recording = _Recording()
 
 
 @contextmanager
