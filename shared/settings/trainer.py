@@ -211,7 +211,8 @@ class TrainerSettings(BaseModel):
     max_heldout_sequences: int = Field(
         default=64,
         ge=1,
-        description="Most held-out sequences evaluated (whole documents are held out up to it).",
+        description="Most held-out sequences evaluated (whole documents, or their sections where no "
+        "document fits, are held out up to it).",
     )
     min_train_tokens: int = Field(
         default=512,
