@@ -86,15 +86,19 @@ def document_key(key: str) -> str:
     return key.rsplit("#", 1)[0] if key.startswith("doc:") and "#" in key else key
 
 
+def _blocks(ids: list[int], seq_len: int) -> list[Sample]:
+    """Raw text's blocks of `seq_len` tokens, every token learned (a too-short tail dropped)."""
+    blocks = [ids[i : i + seq_len] for i in range(0, len(ids), seq_len)]
+    return [Sample(tuple(b), tuple(b), "document") for b in blocks if len(b) >= _MIN_BLOCK]
+
+
 def section_units(chunks: Sequence[CorpusChunk], tokenizer: Any, seq_len: int) -> list[Unit]:
     """One unit per section (chunk): its text cut into blocks of `seq_len` tokens, so that
     `split_heldout` can hold out a part of a document when no whole one fits its target."""
     units = []
     eos = tokenizer.eos_token_id
     for chunk in sorted(chunks, key=lambda c: (c.doc_id, c.position)):
-        ids = [*_tokens(tokenizer, chunk.text), eos]
-        blocks = [ids[i : i + seq_len] for i in range(0, len(ids), seq_len)]
-        samples = [Sample(tuple(b), tuple(b), "document") for b in blocks if len(b) >= _MIN_BLOCK]
+        samples = _blocks([*_tokens(tokenizer, chunk.text), eos], seq_len)
         if samples:
             units.append(Unit(section_key(chunk.doc_id, chunk.position), samples))
     return units
@@ -111,8 +115,7 @@ def document_units(chunks: Sequence[CorpusChunk], tokenizer: Any, seq_len: int) 
         ids: list[int] = []
         for chunk in sorted(parts, key=lambda c: c.position):
             ids += [*_tokens(tokenizer, chunk.text), eos]
-        blocks = [ids[i : i + seq_len] for i in range(0, len(ids), seq_len)]
-        samples = [Sample(tuple(b), tuple(b), "document") for b in blocks if len(b) >= _MIN_BLOCK]
+        samples = _blocks(ids, seq_len)
         if samples:
             units.append(Unit(f"doc:{doc_id}", samples))
     return units
@@ -234,16 +237,17 @@ def split_heldout(
 
     Units named in `keep` are never held out, nor their documents: a scope's style sections
     (`style_units`), which the adapter learns its way of writing from. One held out left the
-    adapter without the rules it is asked to follow, and the gate measured it on nothing but that text: each of the demo's
-    small scopes held out its only tone document, one sequence, and three were refused for a
-    held-out loss 2-11% above the start (acme's company adapter on "How we talk to customers").
+    adapter without the rules it is asked to follow, and the gate measured it on nothing but
+    that text: each of the demo's small scopes held out its only tone document, one sequence,
+    and three were refused for a held-out loss 2-11% above the start (acme's company adapter on
+    "How we talk to customers").
 
     Units are sections (`section_units`, `built_units`) or examples. Whole documents are taken
     in a stable (hashed) order while they fit in that target; when none fits, sections are, the
     same way; when no section fits either, the smallest alone is held out, unless it is
-    everything. A unit larger than the target is never held out just because it came first: one built document of
-    20 examples held out of a user's 26 sequences left 6 to train on, and the adapter was
-    refused for a held-out loss 49% above the start (the eval, 60 steps on those 6).
+    everything. A unit larger than the target is never held out just because it came first:
+    one built document of 20 examples held out of a user's 26 sequences left 6 to train on, and
+    the adapter was refused for a held-out loss 49% above the start (the eval, 60 steps on those 6).
     With a single unit its blocks are split instead (a tenant with one long document).
     """
     if len(units) == 1 and len(units[0].samples) > 1:
@@ -267,8 +271,9 @@ def split_heldout(
         smallest = min(candidates, key=lambda u: len(u.samples), default=None)
         if smallest is not None and len(smallest.samples) < total:
             held = {smallest.key}
-    train = [s for u in units if u.key not in held and document_key(u.key) not in held for s in u.samples]
-    heldout = [s for u in _ranked(units) if u.key in held or document_key(u.key) in held for s in u.samples]
+    out = {u.key for u in units if u.key in held or document_key(u.key) in held}
+    train = [s for u in units if u.key not in out for s in u.samples]
+    heldout = [s for u in _ranked(units) if u.key in out for s in u.samples]
     return train, heldout[:cap]
 
 
