@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections import Counter
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from contextlib import AsyncExitStack
 from itertools import chain, groupby
@@ -28,6 +29,7 @@ from faststream.kafka.annotations import KafkaMessage
 from faststream.kafka.subscriber.usecase import BatchSubscriber
 from faststream.message import StreamMessage
 
+from loraswarm.shared import tracing
 from loraswarm.shared.codec import encode
 from loraswarm.shared.consumer import ConsumerPolicy
 from loraswarm.shared.envelope import Envelope
@@ -39,7 +41,6 @@ from loraswarm.shared.metrics import EVENTS_PUBLISHED
 from loraswarm.shared.processed import ProcessedRegistry
 from loraswarm.shared.settings import Settings
 from loraswarm.shared.topics import DLQ, prefixed, topic_of
-from loraswarm.shared.tracing import send_span
 
 log = logging.getLogger("loraswarm.bus")
 
@@ -124,6 +125,7 @@ class EventBus:
             else KafkaSender(settings.kafka, client_id=f"{settings.kafka.client_id}-{service}")
         )
         self._published: dict[str, Any] = {}  # event type -> its EVENTS_PUBLISHED series
+        self._topics: dict[str, str] = {}  # event type -> its prefixed topic
         self._stack: AsyncExitStack | None = None
         self._on_stop: list[Callable[[], Awaitable[object]]] = []
         # Shutdown: once stopping, fetched records are left unhandled (and uncommitted); the
@@ -253,7 +255,7 @@ class EventBus:
     async def publish(self, event: Envelope) -> None:
         """Publish one event keyed by its tenant and wait for the broker's acknowledgement."""
         await (await self._queue(event))
-        self._count(event)
+        self._count(event.type)
 
     async def publish_many(self, events: Sequence[Envelope]) -> None:
         """Publish several events, each confirmed, with one wait for them all.
@@ -263,21 +265,25 @@ class EventBus:
         """
         acknowledgements = [await self._queue(event) for event in events]
         await asyncio.gather(*acknowledgements)
-        for event in events:
-            self._count(event)
+        for event_type, count in Counter(event.type for event in events).items():
+            self._count(event_type, count)
 
     async def _queue(self, event: Envelope) -> Awaitable[object]:
-        topic = self.topic(topic_of(event))
-        key = event.tenant_id.encode()
-        with send_span(topic, key, event.event_id):
+        topic = self._topics.get(event.type)
+        if topic is None:
+            topic = self._topics[event.type] = self.topic(topic_of(event))
+        if not tracing.recording():  # no span to make: the record carries the current context
+            record = encode(event)
+            return await self.sender.send(topic, record.value, record.key, record.headers)
+        with tracing.send_span(topic, event.tenant_id.encode(), event.event_id):
             record = encode(event)
             return await self.sender.send(topic, record.value, record.key, record.headers)
 
-    def _count(self, event: Envelope) -> None:
-        series = self._published.get(event.type)
+    def _count(self, event_type: str, count: int = 1) -> None:
+        series = self._published.get(event_type)
         if series is None:
-            series = self._published[event.type] = EVENTS_PUBLISHED.labels(self.service, event.type)
-        series.inc()
+            series = self._published[event_type] = EVENTS_PUBLISHED.labels(self.service, event_type)
+        series.inc(count)
 
     async def publish_raw(
         self, topic: str, value: bytes, *, key: bytes | None, headers: dict[str, str] | None = None

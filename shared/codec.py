@@ -11,11 +11,11 @@ import json
 from dataclasses import dataclass
 from typing import Literal
 
-from opentelemetry import propagate
 from pydantic import ValidationError
 
 from loraswarm.shared.envelope import Envelope
 from loraswarm.shared.events import EVENT_BY_TYPE
+from loraswarm.shared.tracing import inject_context
 
 CONTENT_TYPE = "application/json"
 REQUEST_ID_HEADER = "request-id"
@@ -39,14 +39,17 @@ class Poison:
 
 
 def encode(event: Envelope) -> EncodedEvent:
+    # These names are tracing.BUS_HEADERS: a consumer leaves them out of trace extraction.
     headers = {
         "content-type": CONTENT_TYPE,
         "event-type": event.type,
         REQUEST_ID_HEADER: str(event.request_id),
     }
-    # Inject the current (send) span's context: the consumer's span joins the producer's trace.
-    propagate.inject(headers)
-    return EncodedEvent(key=event.tenant_id.encode(), value=event.model_dump_json().encode(), headers=headers)
+    # The current (send) span's context: the consumer's span joins the producer's trace.
+    inject_context(headers)
+    # `model_dump_json` is this serializer's bytes decoded to a str, which would be encoded back.
+    value = event.__pydantic_serializer__.to_json(event)
+    return EncodedEvent(key=event.tenant_id.encode(), value=value, headers=headers)
 
 
 def _validation_summary(err: ValidationError) -> str:

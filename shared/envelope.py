@@ -8,6 +8,7 @@ the *same* ids, and the consumers downstream drop the copy as already processed.
 from __future__ import annotations
 
 import builtins
+import os
 import uuid
 from datetime import UTC, datetime
 from typing import Any, ClassVar, TypeVar
@@ -34,6 +35,43 @@ def utc_now() -> datetime:
     return datetime.now(UTC)
 
 
+class RandomIds:
+    """Random (version 4) UUIDs, as `uuid.uuid4` makes them, with os.urandom read for 256 at once.
+
+    `uuid.uuid4` asks the OS for 16 bytes per id and builds it through `UUID(bytes=...,
+    version=4)`: 2.2 µs here, and an event takes two (its id and a new request's id) — a
+    quarter of building one. The same random bits, read 4 KiB at a time and masked to a version-4
+    integer once, cost about 1.2 µs an id. `list.pop` is atomic under the GIL, so threads share a
+    pool safely; a forked child empties its copy (it must not hand out its parent's ids).
+    """
+
+    BATCH = 256
+    _CLEAR = ~((0xC000 << 48) | (0xF000 << 64))  # the variant and version bits
+    _SET = (0x8000 << 48) | (4 << 76)  # RFC 4122 variant, version 4
+
+    def __init__(self) -> None:
+        self._pool: list[int] = []
+        os.register_at_fork(after_in_child=self._pool.clear)
+
+    def __call__(self) -> uuid.UUID:
+        try:
+            value = self._pool.pop()
+        except IndexError:
+            self._refill()
+            value = self._pool.pop()
+        return uuid.UUID(int=value)
+
+    def _refill(self) -> None:
+        data = os.urandom(16 * self.BATCH)
+        self._pool.extend(
+            int.from_bytes(data[i : i + 16]) & self._CLEAR | self._SET for i in range(0, len(data), 16)
+        )
+
+
+new_id = RandomIds()
+"""A new random event or request id (a version-4 UUID)."""
+
+
 class Envelope(BaseModel):
     """Fields every event carries (DESIGN.md §3). Subclasses set `type` and add the payload."""
 
@@ -43,7 +81,7 @@ class Envelope(BaseModel):
     schema_version_current: ClassVar[int] = 1
 
     event_id: uuid.UUID = Field(
-        default_factory=uuid.uuid4,
+        default_factory=new_id,
         description="Unique id of this event; consumers are idempotent on it.",
     )
     type: str = Field(description="The event type, e.g. `recommendation.requested`.")
@@ -53,7 +91,7 @@ class Envelope(BaseModel):
     )
     tenant_id: TenantId
     request_id: uuid.UUID = Field(
-        default_factory=uuid.uuid4,
+        default_factory=new_id,
         description="Correlation id: every event of one request carries the same one.",
     )
     causation_id: uuid.UUID | None = Field(

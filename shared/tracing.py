@@ -156,6 +156,37 @@ def context_headers() -> dict[str, str]:
     return headers
 
 
+class _InjectedContext:
+    """What the propagators write for the current context, worked out once per context.
+
+    A context is immutable and a propagator writes only what the context holds, so the headers
+    are a function of (current context, global propagator): asked per event (every record the
+    bus sends), they are worked out again only when either changed. While spans are recorded
+    every send has a span, so a context, of its own; without a provider, a burst of events sent
+    from one context pays for one injection instead of one each (about 3 µs).
+    """
+
+    def __init__(self) -> None:
+        # The context object itself is kept: an identity check against a dead one could match
+        # a new context at the same address.
+        self._context: context.Context | None = None
+        self._propagator: object = None
+        self._fields: dict[str, str] = {}
+
+    def into(self, carrier: dict[str, str]) -> None:
+        current = context.get_current()
+        propagator = propagate.get_global_textmap()
+        if current is not self._context or propagator is not self._propagator:
+            fields: dict[str, str] = {}
+            propagator.inject(fields, context=current)
+            self._context, self._propagator, self._fields = current, propagator, fields
+        carrier.update(self._fields)
+
+
+inject_context = _InjectedContext().into
+"""Add the current context's trace headers (`traceparent`, `tracestate`, ...) to `carrier`."""
+
+
 async def _inject_trace_context(request: Any) -> None:
     # An httpx request hook runs in the caller's task, so the current span is the caller's.
     propagate.inject(request.headers)
@@ -183,10 +214,46 @@ def headers_dict(headers: Sequence[tuple[str, bytes]] | None) -> dict[str, str]:
     return {k: v.decode("utf-8", "replace") for k, v in (headers or ())}
 
 
+class _ExtractedContext:
+    """The context a record's headers carry, extracted again only when they differ.
+
+    What a propagator extracts depends on the carrier, on the current context (the baggage
+    propagator starts from it) and on which propagator is installed: the last answer is kept
+    with those three. The bus's own headers (`bus_headers`: content type, event type, request
+    id) are not trace context and are left out of the carrier, so records that carry the same
+    trace context (or none: a producer without tracing) share one extraction instead of paying
+    about 4 µs each; a traced flow, a new `traceparent` per record, extracts each as before.
+    """
+
+    def __init__(self, bus_headers: frozenset[str]) -> None:
+        self._bus_headers = bus_headers
+        self._key: tuple[tuple[str, bytes], ...] | None = None
+        self._current: context.Context | None = None
+        self._propagator: object = None
+        self._context = context.Context()
+
+    def of(self, headers: Sequence[tuple[str, bytes]] | None) -> context.Context:
+        key = tuple(item for item in headers or () if item[0] not in self._bus_headers)
+        current = context.get_current()
+        propagator = propagate.get_global_textmap()
+        if key != self._key or current is not self._current or propagator is not self._propagator:
+            carrier = {name: value.decode("utf-8", "replace") for name, value in key}
+            self._context = propagator.extract(carrier)
+            self._key, self._current, self._propagator = key, current, propagator
+        return self._context
+
+
+BUS_HEADERS = frozenset({"content-type", "event-type", "request-id"})
+"""Headers the bus writes on every record besides the trace context (codec.encode)."""
+
+parent_context = _ExtractedContext(BUS_HEADERS).of
+"""The producer's context that a record's headers carry."""
+
+
 @contextmanager
 def process_span(record: Any, group: str | None, event_id: str | None) -> Iterator[Span]:
     """The CONSUMER span of handling one record, child of the producer's context."""
-    parent = propagate.extract(headers_dict(record.headers))
+    parent = parent_context(record.headers)
     if not recording():
         token = context.attach(parent)  # what this handler sends continues the producer's trace
         try:

@@ -9,6 +9,7 @@ from hypothesis import strategies as st
 
 from loraswarm.shared.codec import REQUEST_ID_HEADER, Poison, decode, encode
 from loraswarm.shared.events import EVENT_BY_TYPE, RetrievalRequested
+from loraswarm.shared.tracing import BUS_HEADERS
 from tests.samples import sample_events
 
 LIMIT = 1024 * 1024
@@ -21,6 +22,13 @@ def test_encode_then_decode_is_identity_for_every_event() -> None:
         assert record.headers["event-type"] == event.type
         assert record.headers[REQUEST_ID_HEADER] == str(event.request_id)
         assert decode(record.value, record.key, expected_type=event.type, max_bytes=LIMIT) == event
+        assert record.value == event.model_dump_json().encode()
+
+
+def test_the_bus_headers_are_what_trace_extraction_leaves_out() -> None:
+    """A consumer keys its cached trace context on the headers other than these (tracing.py)."""
+    record = encode(RetrievalRequested(tenant_id="acme", query="q"))
+    assert set(record.headers) == BUS_HEADERS  # no span is current: no trace headers
 
 
 def test_each_kind_of_poison_is_named() -> None:

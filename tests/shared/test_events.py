@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import os
+import uuid
+
 import pytest
 from pydantic import ValidationError
 
+from loraswarm.shared.envelope import RandomIds, new_id
 from loraswarm.shared.events import EVENT_MODELS, RecommendationRequested, RetrievalRequested
 
 
@@ -33,3 +37,20 @@ def test_events_are_immutable_and_reject_unknown_fields() -> None:
         event.query = "other"  # type: ignore[misc]
     with pytest.raises(ValidationError, match="extra"):
         RetrievalRequested(tenant_id="acme", query="q", surprise=1)  # type: ignore[call-arg]
+
+
+def test_new_ids_are_random_version_4_uuids_and_a_forked_child_gets_its_own() -> None:
+    ids = [new_id() for _ in range(3 * RandomIds.BATCH)]
+    assert len(set(ids)) == len(ids)
+    assert all(i.version == 4 and i.variant == uuid.RFC_4122 for i in ids)
+    new_id()  # the pool is now part-used: a child must not take its next entries
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: send its first id, and leave without pytest's clean-up
+        os.write(write, new_id().bytes)
+        os._exit(0)
+    os.waitpid(pid, 0)
+    child = uuid.UUID(bytes=os.read(read, 16))
+    os.close(read)
+    os.close(write)
+    assert child != new_id()
