@@ -148,12 +148,17 @@ class ConsumerPolicy(Generic[E]):
         keys = [None if isinstance(event, Poison) else str(event.event_id) for event in decoded]
         seen = self.processed.seen_keys([key for key in keys if key is not None])
         committer = self._committer(consumer) if _is_kafka_consumer(consumer) else None
-        for record, event, key in zip(records, decoded, keys, strict=True):
-            if stopping():
-                return
-            await self._handle(record, event, key, seen)
-            if committer is not None and committer.note(record.topic, record.partition, record.offset):
-                await committer.flush()
+        handled = 0  # counted once per batch: the counter takes a lock per increment
+        try:
+            for record, event, key in zip(records, decoded, keys, strict=True):
+                if stopping():
+                    return
+                handled += await self._handle(record, event, key, seen)
+                if committer is not None and committer.note(record.topic, record.partition, record.offset):
+                    await committer.flush()
+        finally:
+            if handled:
+                self._consumed["handled"].inc(handled)
 
     async def handled(self, consumer: Any, topic: str, partition: int, offset: int) -> None:
         """Records of `partition` up to `offset` are handled: commit them (a few at a time)."""
@@ -164,7 +169,8 @@ class ConsumerPolicy(Generic[E]):
         """Handle one record (the lanes run each record in a task of its own)."""
         event = self._decode(record)
         key = None if isinstance(event, Poison) else str(event.event_id)
-        await self._handle(record, event, key, set() if key is None else self.processed.seen_keys([key]))
+        if await self._handle(record, event, key, set() if key is None else self.processed.seen_keys([key])):
+            self._consumed["handled"].inc()
 
     def _decode(self, record: Any) -> Envelope | Poison:
         return decode(
@@ -174,31 +180,31 @@ class ConsumerPolicy(Generic[E]):
             max_bytes=self.kafka.max_message_bytes,
         )
 
-    async def _handle(self, record: Any, decoded: Envelope | Poison, key: str | None, seen: set[str]) -> None:
+    async def _handle(self, record: Any, decoded: Envelope | Poison, key: str | None, seen: set[str]) -> bool:
         """Steps 1-4 for one decoded record (`key`: its event id as a string); `seen`: the
         handled ids as of its batch's lookup, to which this adds its own (a second copy later
-        in the same batch is then skipped)."""
+        in the same batch is then skipped). True when its handler ran and returned (the caller
+        counts it as handled)."""
         if tracing.recording():
             with process_span(record, self.group, None) as span:
-                await self._step(record, decoded, key, seen, span)
-            return
+                return await self._step(record, decoded, key, seen, span)
         # No span to record: the handler runs in the producer's context, which what it sends
         # carries on (without process_span's generator, about 1 µs a record).
         token = context.attach(parent_context(record.headers))
         try:
-            await self._step(record, decoded, key, seen, None)
+            return await self._step(record, decoded, key, seen, None)
         finally:
             context.detach(token)
 
     async def _step(
         self, record: Any, decoded: Envelope | Poison, key: str | None, seen: set[str], span: Span | None
-    ) -> None:
+    ) -> bool:
         if isinstance(decoded, Poison):
             if span is not None:
                 span.set_status(Status(StatusCode.ERROR, decoded.reason))
                 span.set_attribute("error.type", decoded.kind)
             await self._dead_letter(record, decoded.kind, decoded.reason, attempts=1)
-            return
+            return False
         assert key is not None  # a decoded event's id
         if span is not None:
             span.set_attribute("messaging.message.id", key)
@@ -209,16 +215,15 @@ class ConsumerPolicy(Generic[E]):
                 span.set_attribute("loraswarm.duplicate", True)
             self._consumed["duplicate"].inc()
             log.info("skipping %s %s: already handled by %s", decoded.type, key, self.group)
-            return
+            return False
         started = perf_counter()  # prometheus's `time()` block costs a Timer object per event
         try:
             handled = await self._run(decoded, record)  # type: ignore[arg-type]
         finally:
             self._handling.observe(perf_counter() - started)
-        if handled:
-            self._consumed["handled"].inc()
         self.processed.mark_key(key)
         seen.add(key)
+        return handled
 
     async def _run(self, event: E, record: Any) -> bool:
         """Run the handler with retries; False if the event ended in the dead-letter topic."""

@@ -26,8 +26,20 @@ _ADAPTER = re.compile(
 )
 
 
+# Tenant ids already matched: every event names one, twice per hop (built, then read), and a
+# process sees few tenants; a set lookup is a fraction of the regular expression's match.
+_VALID_TENANT_IDS: set[str] = set()
+_REMEMBERED_TENANT_IDS = 4096
+
+
 def is_tenant_id(value: str) -> bool:
-    return _TENANT_ID.match(value) is not None
+    if value in _VALID_TENANT_IDS:
+        return True
+    if _TENANT_ID.match(value) is None:
+        return False
+    if len(_VALID_TENANT_IDS) < _REMEMBERED_TENANT_IDS:
+        _VALID_TENANT_IDS.add(value)
+    return True
 
 
 def check_tenant_id(value: str) -> str:

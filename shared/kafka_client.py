@@ -13,6 +13,7 @@ from collections.abc import Awaitable
 from typing import Any
 
 from aiokafka import AIOKafkaProducer
+from aiokafka.partitioner import DefaultPartitioner
 from faststream.kafka import KafkaBroker
 from faststream.security import BaseSecurity, SASLPlaintext, SASLScram256, SASLScram512
 
@@ -98,6 +99,7 @@ class KafkaSender:
 
     def __init__(self, kafka: KafkaSettings, *, client_id: str) -> None:
         self._producer = make_producer(kafka, client_id=client_id)
+        self._partitions = KeyPartitions()
 
     async def start(self) -> None:
         await self._producer.start()
@@ -108,9 +110,42 @@ class KafkaSender:
     async def send(
         self, topic: str, value: bytes, key: bytes | None, headers: dict[str, str]
     ) -> Awaitable[object]:
+        partitions = None if key is None else self._producer.client.cluster.partitions_for_topic(topic)
         return await self._producer.send(  # type: ignore[no-any-return]
-            topic, value, key=key, headers=[(name, text.encode()) for name, text in headers.items()]
+            topic,
+            value,
+            key=key,
+            # Unknown partitions (no metadata yet): aiokafka waits for them and partitions itself.
+            partition=self._partitions.of(topic, key, partitions) if key and partitions else None,
+            headers=[(name, text.encode()) for name, text in headers.items()],
         )
+
+
+class KeyPartitions:
+    """The partition aiokafka's default partitioner gives a key, remembered per topic and key.
+
+    Records are keyed by tenant, so a few keys recur: aiokafka's producer would hash each
+    record's key (murmur2, in Python) and list the topic's partitions twice, about 3 µs a record.
+    The answer is that same call on the same arguments, worked out again when the topic's
+    partitions change; past `limit` remembered keys the memory starts again.
+    """
+
+    def __init__(self, limit: int = 10_000) -> None:
+        self.limit = limit
+        self._partitioner = DefaultPartitioner()
+        # (topic, key) -> (the topic's partitions when computed, the key's partition)
+        self._known: dict[tuple[str, bytes], tuple[frozenset[int], int]] = {}
+
+    def of(self, topic: str, key: bytes, partitions: set[int]) -> int:
+        known = self._known.get((topic, key))
+        if known is not None and known[0] == partitions:
+            return known[1]
+        listed = list(partitions)  # as aiokafka's producer passes them
+        partition = int(self._partitioner(key, listed, listed))
+        if len(self._known) >= self.limit:
+            self._known.clear()
+        self._known[topic, key] = (frozenset(partitions), partition)
+        return partition
 
 
 async def ensure_topics(
