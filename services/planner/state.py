@@ -16,7 +16,8 @@ runs once a tenth of the log is superseded; `delete.retention.ms` 10 min, how lo
 itself stays, which must exceed the time an instance takes to read the topic from the start
 (Kafka guarantees a reader that reaches the end within it sees every tombstone).
 
-The barrier costs one round trip for the topic's end offsets. It does not wait for the tail to
+The barrier costs one round trip for the end offset of the request's partition (of every
+partition where the caller does not name the tenant). It does not wait for the tail to
 read back this instance's own writes: `put` applies a state to the table when Kafka acknowledges
 it, so an offset this instance wrote counts as read, and the tail, when it reaches it, skips it
 (no second parse) as it skips any record of a request older than the state the table holds.
@@ -116,7 +117,8 @@ class PlannerState(BaseModel):
 class StateStore(Protocol):
     async def start(self) -> None: ...
     async def stop(self) -> None: ...
-    async def get(self, request_id: uuid.UUID) -> PlannerState | None: ...
+    async def get(self, request_id: uuid.UUID, tenant_id: str | None = None) -> PlannerState | None: ...
+    def peek(self, request_id: uuid.UUID) -> PlannerState | None: ...
     async def put(self, state: PlannerState) -> None: ...
     def open_states(self) -> list[PlannerState]: ...
 
@@ -157,7 +159,10 @@ class MemoryStateStore:
     async def stop(self) -> None:
         return None
 
-    async def get(self, request_id: uuid.UUID) -> PlannerState | None:
+    async def get(self, request_id: uuid.UUID, tenant_id: str | None = None) -> PlannerState | None:
+        return self.peek(request_id)
+
+    def peek(self, request_id: uuid.UUID) -> PlannerState | None:
         return self._table.get(request_id) or self.finished.get(request_id)
 
     async def put(self, state: PlannerState) -> None:
@@ -233,6 +238,7 @@ class KafkaStateStore:
             await self._producer.stop()
             raise RuntimeError(f"no partitions found for {self.topic}")
         self._partitions = [TopicPartition(self.topic, p) for p in partitions]
+        self._index = {tp.partition: i for i, tp in enumerate(self._partitions)}
         self._consumer.assign(self._partitions)
         await self._consumer.seek_to_beginning(*self._partitions)
         self._tail_task = asyncio.create_task(self._tail())
@@ -280,9 +286,10 @@ class KafkaStateStore:
         else:
             self._table[key] = PlannerState.model_validate_json(record.value)
 
-    async def _barrier(self, timeout_s: float = 10.0) -> None:
-        """Wait until the local table holds everything written to the topic so far."""
-        ends = await self._offsets.end_offsets(self._partitions)
+    async def _barrier(self, partitions: list[Any] | None = None, timeout_s: float = 10.0) -> None:
+        """Wait until the local table holds everything written to `partitions` (all of them by
+        default) so far."""
+        ends = await self._offsets.end_offsets(partitions or self._partitions)
         deadline = asyncio.get_running_loop().time() + timeout_s
         while True:
             progress = self._progress  # taken before the check: a batch read during it wakes us
@@ -310,9 +317,32 @@ class KafkaStateStore:
         all_partitions = [tp.partition for tp in self._partitions]
         return int(self._partitioner(tenant_id.encode(), all_partitions, all_partitions))
 
-    async def get(self, request_id: uuid.UUID) -> PlannerState | None:
-        await self._barrier()
+    async def get(self, request_id: uuid.UUID, tenant_id: str | None = None) -> PlannerState | None:
+        """The request's latest state, after a read barrier.
+
+        `tenant_id`, the request's tenant where the caller knows it: every write of a request
+        goes to its tenant's partition, so the barrier asks for that partition's end offset
+        alone (a smaller request to the broker, about a third less time here) and waits for no
+        other partition's unread records. A state found under another tenant (an event naming
+        the wrong one) is read again behind its own partition's barrier.
+        """
+        if tenant_id is None:
+            await self._barrier()
+            return self.peek(request_id)
+        await self._barrier([self._partition_for(tenant_id)])
+        state = self.peek(request_id)
+        if state is not None and state.tenant_id != tenant_id:
+            await self._barrier([self._partition_for(state.tenant_id)])
+            state = self.peek(request_id)
+        return state
+
+    def peek(self, request_id: uuid.UUID) -> PlannerState | None:
+        """The state the table holds now, without a read barrier: what `get` returns unless
+        the barrier brings a newer one (then a different object)."""
         return self._table.get(request_id) or self.finished.get(request_id)
+
+    def _partition_for(self, tenant_id: str) -> Any:
+        return self._partitions[self._index[self.partition_of(tenant_id)]]
 
     async def put(self, state: PlannerState) -> None:
         """Save an open request's state; a done one is tombstoned (its outcome is published)."""

@@ -98,14 +98,20 @@ async def test_each_read_sees_the_latest_write_of_either_instance(
     await b.start()
     try:
         state = a_state()
+        elsewhere = next(
+            t for t in (f"t{i}" for i in range(100)) if a.partition_of(t) != a.partition_of("acme")
+        )
         for step in range(6):
             writer, reader = (a, b) if step % 2 == 0 else (b, a)
             state.notes = [f"step {step}"]
             await writer.put(state)
             await writer.put(state.model_copy(update={"notes": [f"step {step}", "again"]}))
             for store in (writer, reader):
-                read = await store.get(state.request_id)
-                assert read is not None and read.notes == [f"step {step}", "again"], (step, store is a)
+                # The barrier of the request's partition; of every partition; of another tenant's
+                # partition (an event naming the wrong tenant), then of the request's own.
+                for tenant in ("acme", None, elsewhere):
+                    read = await store.get(state.request_id, tenant)
+                    assert read is not None and read.notes == [f"step {step}", "again"], (step, tenant)
         # Once each tail has read every record, the tables still hold the latest state.
         await until(lambda: a.records_read == b.records_read == 12)
         for store in (a, b):
