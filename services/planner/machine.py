@@ -27,7 +27,7 @@ from loraswarm.services.planner.compose import (
 from loraswarm.services.planner.extract import compose_extractive
 from loraswarm.services.planner.guardrails import OutputGuard, input_problem
 from loraswarm.services.planner.llm import PrimaryLLM
-from loraswarm.services.planner.plan import PlanOutcome, make_plan
+from loraswarm.services.planner.plan import make_plan
 from loraswarm.services.planner.state import PlannerState, StateStore, TaskState
 from loraswarm.shared.envelope import Envelope, utc_now
 from loraswarm.shared.events import (
@@ -137,37 +137,30 @@ class Planner:
 
     async def on_retrieved(self, event: RetrievalCompleted) -> None:
         async with self._locks[event.request_id]:
-            # The read barrier (a broker round trip) runs while the plan is made. The plan starts
-            # from the state the table holds now and is kept only if the barrier brings nothing
-            # newer (the very same state object); otherwise it is made again from what it
-            # brought. Nothing is published or saved before the barrier has returned.
-            read = asyncio.ensure_future(self.store.get(event.request_id, event.tenant_id))
-            try:
-                seen = self.store.peek(event.request_id)
-                plan = None
-                if seen is not None and seen.phase == "retrieving":
-                    plan = await self._plan(seen, event)
-                state = await read
-            finally:
-                if not read.done():  # the plan failed: its exception goes on, the read stops
-                    read.cancel()
-                    with contextlib.suppress(BaseException):
-                        await read
+            state = await self.store.get(event.request_id, event.tenant_id)
             if state is None or state.phase != "retrieving":
                 return
-            if plan is not None and state is not seen:
-                state.add_usage("plan", plan[2])  # a plan made from an outdated state: spent all the same
-                plan = None
-            if plan is None:
-                plan = await self._plan(state, event)
-            if plan is None:
+            tenant = self._tenant(state.tenant_id)
+            if tenant is None:
                 await self._fail(state, "the tenant's configuration disappeared", "invalid_request")
                 return
-            tenant, outcome, usage, timings = plan
             state.passages = list(event.passages)
-            state.timings_ms.update(timings)
+            state.timings_ms["retrieval"] = (self.now() - state.request.occurred_at).total_seconds() * 1000
+            with self._llm_step(state, tenant, "plan") as ledger:
+                outcome = await make_plan(
+                    self.llm,
+                    tenant,
+                    state.request.question,
+                    state.passages,
+                    max_tokens=self.settings.plan_max_tokens,
+                    timeout_s=max(0.5, min(self.settings.llm_timeout_s, self._left_s(state))),
+                )
             state.notes += outcome.notes
-            state.add_usage("plan", usage)  # every attempt, the rejected ones too
+            state.add_usage("plan", ledger.usage)  # every attempt, the rejected ones too
+            state.timings_ms["llm_plan"] = outcome.llm_ms
+            state.timings_ms["plan"] = (
+                self.now() - state.request.occurred_at
+            ).total_seconds() * 1000 - state.timings_ms["retrieval"]
             tasks = []
             planned_names = [planned.specialist for planned in outcome.tasks]
             for index, planned in enumerate(outcome.tasks):
@@ -193,28 +186,6 @@ class Planner:
             await self.publish_many(tasks)
             state.phase = "waiting"
             await self.store.put(state)
-
-    async def _plan(
-        self, state: PlannerState, event: RetrievalCompleted
-    ) -> tuple[TenantConfig, PlanOutcome, TokenUsage, dict[str, float]] | None:
-        """The plan for `state` with the retrieved passages, leaving `state` as it is: the
-        tenant, the outcome, its token usage and the step's timings (None: no tenant config)."""
-        tenant = self._tenant(state.tenant_id)
-        if tenant is None:
-            return None
-        retrieval_ms = (self.now() - state.request.occurred_at).total_seconds() * 1000
-        with self._llm_step(state, tenant, "plan") as ledger:
-            outcome = await make_plan(
-                self.llm,
-                tenant,
-                state.request.question,
-                list(event.passages),
-                max_tokens=self.settings.plan_max_tokens,
-                timeout_s=max(0.5, min(self.settings.llm_timeout_s, self._left_s(state))),
-            )
-        plan_ms = (self.now() - state.request.occurred_at).total_seconds() * 1000 - retrieval_ms
-        timings = {"retrieval": retrieval_ms, "llm_plan": outcome.llm_ms, "plan": plan_ms}
-        return tenant, outcome, ledger.usage, timings
 
     async def on_result(self, result: SpecialistResult) -> None:
         async with self._locks[result.request_id]:

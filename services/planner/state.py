@@ -118,7 +118,6 @@ class StateStore(Protocol):
     async def start(self) -> None: ...
     async def stop(self) -> None: ...
     async def get(self, request_id: uuid.UUID, tenant_id: str | None = None) -> PlannerState | None: ...
-    def peek(self, request_id: uuid.UUID) -> PlannerState | None: ...
     async def put(self, state: PlannerState) -> None: ...
     def open_states(self) -> list[PlannerState]: ...
 
@@ -160,9 +159,6 @@ class MemoryStateStore:
         return None
 
     async def get(self, request_id: uuid.UUID, tenant_id: str | None = None) -> PlannerState | None:
-        return self.peek(request_id)
-
-    def peek(self, request_id: uuid.UUID) -> PlannerState | None:
         return self._table.get(request_id) or self.finished.get(request_id)
 
     async def put(self, state: PlannerState) -> None:
@@ -328,17 +324,15 @@ class KafkaStateStore:
         """
         if tenant_id is None:
             await self._barrier()
-            return self.peek(request_id)
+            return self._lookup(request_id)
         await self._barrier([self._partition_for(tenant_id)])
-        state = self.peek(request_id)
+        state = self._lookup(request_id)
         if state is not None and state.tenant_id != tenant_id:
             await self._barrier([self._partition_for(state.tenant_id)])
-            state = self.peek(request_id)
+            state = self._lookup(request_id)
         return state
 
-    def peek(self, request_id: uuid.UUID) -> PlannerState | None:
-        """The state the table holds now, without a read barrier: what `get` returns unless
-        the barrier brings a newer one (then a different object)."""
+    def _lookup(self, request_id: uuid.UUID) -> PlannerState | None:
         return self._table.get(request_id) or self.finished.get(request_id)
 
     def _partition_for(self, tenant_id: str) -> Any:
