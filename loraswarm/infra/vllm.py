@@ -16,13 +16,16 @@ virtualenv is untouched: vLLM brings its own torch and transformers.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
+import subprocess
 import sys
 import tempfile
 import urllib.request
 import zipfile
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from loraswarm.infra.process import InfraError, ManagedProcess, ensure_port_free, run_build, wait_until
@@ -188,6 +191,51 @@ def up(infra: InfraSettings) -> str:
         proc.stop()
         raise
     return f"vllm ready: {url(infra)} ({dtype}, runtime LoRA loading; log: {proc.log_file})"
+
+
+@contextlib.contextmanager
+def running(
+    infra: InfraSettings,
+    model: Path,
+    *,
+    dtype: str,
+    max_lora_rank: int,
+    threads: int,
+    args: Sequence[str] = (),
+    name: str = "vllm-bench",
+) -> Iterator[str]:
+    """A second vLLM on `infra.vllm_port` for as long as the block runs (the bench's peer): the
+    same virtualenv and arguments as `up`, plus `args` (e.g. `--lora-modules name=path ...`), its
+    compute bound to `threads` cores; yields the server's root URL. Installs vLLM first if needed."""
+    install(infra)
+    ensure_port_free(infra.vllm_port, "vLLM")
+    proc = ManagedProcess(name, infra.run_dir, infra.logs_dir)
+    child = proc.start(
+        [*argv(infra, model, dtype, max_lora_rank), *args],
+        env={
+            "VLLM_CPU_KVCACHE_SPACE": str(infra.vllm_kv_cache_gib),
+            "HF_HUB_OFFLINE": "1",
+            "VLLM_NO_USAGE_STATS": "1",
+            "DO_NOT_TRACK": "1",
+            "OMP_NUM_THREADS": str(threads),
+            # vLLM's own default on a small machine keeps a core for its front end; bound to the
+            # same cores as the systems it is compared with, its front end shares them as theirs do.
+            "VLLM_CPU_OMP_THREADS_BIND": f"0-{threads - 1}",
+        },
+    )
+    try:
+        wait_until(
+            lambda: _ready(infra),
+            timeout_s=max(infra.ready_timeout_s, infra.vllm_ready_timeout_s),
+            proc=proc,
+            child=child,
+            what="vLLM",
+        )
+        yield f"http://127.0.0.1:{infra.vllm_port}"
+    finally:
+        proc.stop()
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            child.wait(timeout=5)
 
 
 def down(infra: InfraSettings) -> str:

@@ -4,16 +4,16 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from loraswarm.bench.drive import Outcome, RunResult
 from loraswarm.bench.serving import (
     AdapterFigures,
     Options,
-    Outcome,
     Report,
-    RunResult,
     _useful,
-    markdown,
+    burst,
     workload,
 )
+from loraswarm.bench.serving_report import markdown
 from loraswarm.shared.settings import Settings
 
 
@@ -27,6 +27,13 @@ def test_the_workload_is_open_loop_over_distinct_adapters() -> None:
     assert 4 < arrivals[-1] < 16  # ~64 / 8 s
     assert all(12 <= r.max_new_tokens <= 36 for r in requests)
     assert workload(options) == requests  # seeded: every system gets the same requests
+
+
+def test_the_burst_is_every_request_at_once_over_distinct_adapters() -> None:
+    requests = burst(Options(burst=32, adapters=32, burst_new_tokens=64))
+    assert len(requests) == 32 and {r.adapter for r in requests} == set(range(32))
+    assert all(r.arrival_s == 0.0 and r.max_new_tokens == 64 for r in requests)
+    assert burst(Options()) == requests  # seeded: every system gets the same prompts
 
 
 def test_useful_tokens_stop_at_the_requests_own_limit_and_eos() -> None:

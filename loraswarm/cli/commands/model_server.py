@@ -1,4 +1,4 @@
-"""`loraswarm bench serving` (the model server against peft baselines, see loraswarm/bench/serving.py) and
+"""`loraswarm bench serving` (the model server against vLLM, llama.cpp and peft, see loraswarm/bench/serving.py) and
 `loraswarm bench dtype` (its engine in fp32 and bf16, see loraswarm/bench/dtype.py)."""
 
 from __future__ import annotations
@@ -27,11 +27,31 @@ def bench_serving(
     registered: int = typer.Option(1000, "--registered", help="Adapters registered for the LRU measurement."),
     lru: int = typer.Option(64, "--lru", help="Resident adapters of the LRU measurement."),
     threads: int = typer.Option(0, "--threads", help="CPU threads for every system (0: torch's default)."),
+    burst: int = typer.Option(32, "--burst", help="Requests of the closed burst (sent at once)."),
+    burst_new: int = typer.Option(64, "--burst-new-tokens", help="New tokens of each burst request."),
+    dtype: str = typer.Option(
+        "float32", "--dtype", help="float32 or bfloat16: this server's and the peers' (peft runs float32)."
+    ),
+    peers: str = typer.Option(
+        "vllm,llama.cpp",
+        "--peers",
+        help="Peers to run, comma-separated (vllm, llama.cpp), or none. One that cannot start is reported missing.",
+    ),
     out: Path = typer.Option(Path("BENCHMARKS.md"), "--out", help="Markdown file to update."),
 ) -> None:
-    """Multi-LoRA serving: this server vs peft swapped per request, peft static batches, and the base model."""
-    from loraswarm.bench.serving import Options, run, write
+    """Multi-LoRA serving: this server vs vLLM's CPU build, llama.cpp's llama-server, peft swapped per
+    request, peft static batches, and the base model; an open loop and a closed burst."""
+    from loraswarm.bench.serving import PEERS, Options, run
+    from loraswarm.bench.serving_report import write
 
+    if dtype not in ("float32", "bfloat16"):
+        raise typer.BadParameter("float32 or bfloat16", param_hint="--dtype")
+    chosen = tuple(p.strip() for p in peers.split(",") if p.strip() and p.strip() != "none")
+    unknown = [p for p in chosen if p not in PEERS]
+    if unknown:
+        raise typer.BadParameter(
+            f"unknown peer(s) {unknown}; known: {', '.join(PEERS)} or none", param_hint="--peers"
+        )
     options = Options(
         requests=requests,
         adapters=adapters,
@@ -44,6 +64,10 @@ def bench_serving(
         registered=registered,
         lru=lru,
         threads=threads,
+        burst=burst,
+        burst_new_tokens=burst_new,
+        dtype=dtype,
+        peers=chosen,
     )
     report = run(Settings(), options)
     console.print(write(report, out))
