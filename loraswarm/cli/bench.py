@@ -18,13 +18,16 @@ console = Console()
 def events(
     n: int = typer.Option(10_000, "--events", "-n", help="Events per measurement."),
     rate: float = typer.Option(2_000.0, "--rate", help="Paced rate (events/s) of the latency run."),
+    rounds: int = typer.Option(
+        3, "--rounds", min=1, help="Rounds of baseline then EventBus; the medians are reported."
+    ),
     out: Path = typer.Option(Path("BENCHMARKS.md"), "--out", help="Markdown file to update."),
 ) -> None:
     """Events through one real Kafka hop: throughput and p50/p99 latency vs bare aiokafka."""
     from loraswarm.bench.events import markdown, run
 
     settings = Settings()
-    results = asyncio.run(run(settings, n=n, rate=rate, out=out))
+    results = asyncio.run(run(settings, n=n, rate=rate, out=out, rounds=rounds))
     console.print(markdown(results, n, rate, settings.kafka.bootstrap_servers))
     console.print(f"written to {out}")
 

@@ -79,10 +79,11 @@ def test_schemas_export_check_passes_on_the_committed_folder() -> None:
 def test_bench_events_writes_its_section(env: dict[str, str], tmp_path: Path) -> None:
     out = tmp_path / "BENCHMARKS.md"
     out.write_text("# Benchmarks\n\nkept text\n")
-    result = run(env, "bench", "events", "-n", "300", "--rate", "1000", "--out", str(out))
+    result = run(env, "bench", "events", "-n", "300", "--rate", "1000", "--rounds", "2", "--out", str(out))
     assert result.returncode == 0, result.stdout + result.stderr
     text = out.read_text()
     assert "kept text" in text
     assert "bare aiokafka (baseline)" in text and "loraswarm EventBus" in text
-    result = run(env, "bench", "events", "-n", "300", "--rate", "1000", "--out", str(out))
+    assert "Rounds: 2, the baseline and the EventBus alternating" in text
+    result = run(env, "bench", "events", "-n", "300", "--rate", "1000", "--rounds", "1", "--out", str(out))
     assert out.read_text().count("<!-- bench:events -->") == 1  # replaced, not appended
