@@ -98,9 +98,15 @@ def numerics(report: dict[str, Any]) -> str:
 
 def section(report: dict[str, Any], chart: Path) -> str:
     t = report["timings_s"]
+    size = report["sizes"].get("size", "full")
+    title = (
+        "## Personalization (`loraswarm eval`)"
+        if size == "full"
+        else (f"## Personalization, {size} size (`loraswarm eval --size {size}`)")
+    )
     return "\n".join(
         [
-            "## Personalization (`loraswarm eval`)",
+            title,
             "",
             f"Machine: {describe()}. Base model: the default (SmolLM2-135M-Instruct), {numerics(report)}; "
             f"seed {report['settings']['seed']}; whole run {t['total'] / 60:.1f} min "
@@ -145,12 +151,23 @@ def size_note(report: dict[str, Any]) -> str:
 PERSONALIZATION_NEEDS = frozenset({"rag", "adapter_rag"})
 
 
-def publish_section(report: dict[str, Any], chart_file: Path, benchmarks: Path) -> bool:
-    """Write the personalization section when the run has the conditions it compares; whether it did."""
+def section_name(report: dict[str, Any]) -> str:
+    """`personalization` for the full size; a smaller size writes a section of its own
+    (`personalization-medium`), so a run on a machine where the full size does not fit sits
+    beside the full run's table instead of replacing it."""
+    size = report["sizes"].get("size", "full")
+    return "personalization" if size == "full" else f"personalization-{size}"
+
+
+def publish_section(report: dict[str, Any], chart_file: Path, benchmarks: Path) -> str | None:
+    """Write the run's personalization section when it has the conditions that section compares;
+    the section's name, or None."""
     if not set(report["conditions"]) >= PERSONALIZATION_NEEDS:
-        return False
-    target = benchmarks.parent / CHART
+        return None
+    name = section_name(report)
+    chart = CHART if name == "personalization" else CHART.with_name(f"chart-{name.split('-', 1)[1]}.png")
+    target = benchmarks.parent / chart
     target.parent.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(chart_file, target)
-    write_section(benchmarks, "personalization", section(report, CHART))
-    return True
+    write_section(benchmarks, name, section(report, chart))
+    return name

@@ -27,5 +27,14 @@ def test_a_run_without_rag_and_adapter_rag_leaves_the_personalization_section(tm
     before = "# Benchmarks\n\n<!-- bench:personalization -->\nthe full run\n<!-- /bench:personalization -->\n"
     benchmarks.write_text(before)
     report = {"conditions": {"company": "company adapter", "llama_company": "company LLaMA-Adapter"}}
-    assert not publish_section(report, tmp_path / "chart.png", benchmarks)
+    assert publish_section(report, tmp_path / "chart.png", benchmarks) is None
     assert benchmarks.read_text() == before
+
+
+def test_a_medium_run_writes_its_own_section_beside_the_full_runs(tmp_path: Path) -> None:
+    from loraswarm.eval.publish import section_name
+
+    medium = {"sizes": {"size": "medium"}, "conditions": {"rag": "base + RAG"}}
+    assert section_name(medium) == "personalization-medium"
+    assert section_name({"sizes": {"size": "full"}}) == "personalization"
+    assert section_name({"sizes": {}}) == "personalization"  # reports written before sizes were named

@@ -115,8 +115,8 @@ def eval_command(
         f"written {out / 'report.md'}, {out / 'report.json'}, {out / 'chart.png'} ({run.timings_s['total']:.0f} s)"
     )
     if benchmarks is not None:
-        if publish_section(report, out / "chart.png", benchmarks):
-            console.print(f"written the personalization section of {benchmarks}")
+        if written := publish_section(report, out / "chart.png", benchmarks):
+            console.print(f"written the {written} section of {benchmarks}")
         else:
             console.print(
                 "the personalization section is left as it is: it compares "
