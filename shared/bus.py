@@ -98,6 +98,12 @@ def direct_subscriber(on_records: RecordsHandler) -> type[BatchSubscriber]:
     return DirectBatchSubscriber
 
 
+def _retrieve(future: asyncio.Future[Any]) -> None:
+    """Mark a failed acknowledgement's exception as seen (one failure already raised)."""
+    if not future.cancelled():
+        future.exception()
+
+
 async def records_only(message: StreamMessage[Any]) -> None:
     """The subscriber's decoder: the policy decodes the raw records itself, so FastStream's own
     JSON decoding of every record of a batch would only be thrown away."""
@@ -264,7 +270,16 @@ class EventBus:
         round trip per event.
         """
         acknowledgements = [await self._queue(event) for event in events]
-        await asyncio.gather(*acknowledgements)
+        # One after another, not gather's callback per acknowledgement (3 µs each here): they
+        # arrive a produced batch at a time, so most are already done when their turn comes.
+        for index, acknowledged in enumerate(acknowledgements):
+            try:
+                await acknowledged
+            except BaseException:
+                for rest in acknowledgements[index + 1 :]:  # as gather does: failures already seen
+                    if isinstance(rest, asyncio.Future):
+                        rest.add_done_callback(_retrieve)
+                raise
         for event_type, count in Counter(event.type for event in events).items():
             self._count(event_type, count)
 

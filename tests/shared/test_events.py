@@ -43,6 +43,10 @@ def test_new_ids_are_random_version_4_uuids_and_a_forked_child_gets_its_own() ->
     ids = [new_id() for _ in range(3 * RandomIds.BATCH)]
     assert len(set(ids)) == len(ids)
     assert all(i.version == 4 and i.variant == uuid.RFC_4122 for i in ids)
+    for made in ids[:10]:  # the same object uuid.UUID would make from its text
+        parsed = uuid.UUID(str(made))
+        assert made == parsed and hash(made) == hash(parsed) and made.is_safe == parsed.is_safe
+        assert made.bytes == parsed.bytes and repr(made) == repr(parsed)
     new_id()  # the pool is now part-used: a child must not take its next entries
     read, write = os.pipe()
     pid = os.fork()
