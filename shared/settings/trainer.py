@@ -154,7 +154,12 @@ class BuilderSettings(BaseModel):
     style_examples: int = Field(
         default=24, ge=0, description="Replies written in the scope's own style (0: none)."
     )
-    raft_per_chunk: int = Field(default=1, ge=0, description="Retrieval-aware examples per chunk (0: none).")
+    raft_per_chunk: int = Field(
+        default=4,
+        ge=0,
+        description="Retrieval-aware examples per chunk, its processes before its facts, in the specialists' "
+        "JSON prompt and a plain chat by turns (0: none).",
+    )
     raft_distractors: int = Field(
         default=2, ge=0, le=8, description="Same-scope distractor passages in a retrieval-aware example."
     )

@@ -66,6 +66,17 @@ def test_a_small_corpus_yields_grounded_examples_of_each_kind() -> None:
         assert e.also and all(a.startswith("larkspur/style-guide.md#") for a in e.also)
 
 
+def _raft_answer(example: Any) -> str:
+    """The answer of a retrieval-aware example in either shape: the specialists' JSON or text."""
+    system, _, assistant = example.messages
+    if system.content.endswith("Answer in JSON with `answer` and `handoff`."):
+        answer = json.loads(assistant.content)
+        assert answer["handoff"] is None
+        return str(answer["answer"])
+    assert not assistant.content.startswith("{")
+    return str(assistant.content)
+
+
 def test_retrieval_aware_examples_hold_gold_among_same_scope_distractors_and_some_without_it() -> None:
     chunks = company_corpus()
     texts = {chunk_key(c): c.text for c in chunks}
@@ -77,24 +88,48 @@ def test_retrieval_aware_examples_hold_gold_among_same_scope_distractors_and_som
     assert len(raft) >= 8
     without = 0
     for e in raft:
-        _, user, assistant = e.messages
-        answer = json.loads(assistant.content)
-        assert answer["handoff"] is None
+        _, user, _ = e.messages
+        answer = _raft_answer(e)
         assert all(a in texts and a != e.chunk for a in e.also)  # distractors: the scope's own chunks
         if texts[e.chunk] in user.content:
-            assert answer["answer"] != NOT_FOUND_ANSWER
-            assert ungrounded_claims(answer["answer"], [texts[e.chunk]]) == []
+            assert answer != NOT_FOUND_ANSWER
+            assert ungrounded_claims(answer, [texts[e.chunk]]) == []
         else:
             without += 1
-            assert answer["answer"] == NOT_FOUND_ANSWER
+            assert answer == NOT_FOUND_ANSWER
     assert 0 < without < len(raft) / 2
+
+
+def test_retrieval_aware_examples_span_the_kinds_and_both_prompt_shapes() -> None:
+    chunks = company_corpus()
+    built = extractor_set(chunks, raft_per_chunk=2, raft_no_gold_share=0.0)
+    raft = [e for e in built.examples if e.kind == "raft"]
+    processes = {e.answer for e in built.examples if e.kind == "process"}
+    answers = [_raft_answer(e) for e in raft]
+    # A chunk's processes come before its facts: steps among passages are trained on too.
+    assert any(a in processes for a in answers) and any(a not in processes for a in answers)
+    assert len(answers) == len(set(answers))  # each answer once
+    per_chunk: dict[str, int] = {}
+    for e in raft:
+        per_chunk[e.chunk] = per_chunk.get(e.chunk, 0) + 1
+    assert max(per_chunk.values()) <= 2
+    shapes = [e.messages[0].content.endswith("`handoff`.") for e in raft]
+    assert shapes.count(True) >= 1 and shapes.count(False) >= 1
+    for e in raft:
+        if not e.messages[0].content.endswith("`handoff`."):
+            assert e.messages[0].content == "Answer from the documents."  # the scope's instructions
+            assert e.messages[1].content.startswith("Documents:\n[1] ")
 
 
 def test_retrieval_aware_examples_are_rendered_as_the_specialist_prompts() -> None:
     tokenizer = AutoTokenizer.from_pretrained(models.resolve(Settings()))
     chunks = company_corpus()
     texts = {chunk_key(c): c.text for c in chunks}
-    example = next(e for e in extractor_set(chunks, raft_per_chunk=1).examples if e.kind == "raft")
+    example = next(
+        e
+        for e in extractor_set(chunks, raft_per_chunk=1).examples
+        if e.kind == "raft" and e.messages[0].content.endswith("`handoff`.")
+    )
     system, user, _ = (m.model_dump() for m in example.messages)
     rendered = tokenizer.apply_chat_template([system, user], tokenize=False, add_generation_prompt=True)
     question = user["content"].rsplit("\n\nQuestion: ", 1)[1]

@@ -25,7 +25,7 @@ from loraswarm.services.trainer.builder.model import (
     Generator,
     chunk_key,
 )
-from loraswarm.services.trainer.builder.raft import raft_example
+from loraswarm.services.trainer.builder.raft import RaftShape, raft_example
 from loraswarm.services.trainer.builder.style import breaks_rules, read_rules, style_sources, styled
 from loraswarm.services.trainer.corpus import CorpusChunk
 from loraswarm.services.trainer.examples import Message
@@ -35,7 +35,7 @@ from loraswarm.shared.answer_checks import claims, own_terms, ungrounded_claims
 @dataclass(frozen=True)
 class BuildOptions:
     style_examples: int = 24
-    raft_per_chunk: int = 1
+    raft_per_chunk: int = 4
     raft_distractors: int = 2
     raft_no_gold_share: float = 0.2
     seed: int = 0
@@ -147,17 +147,38 @@ class TrainingSetBuilder:
         o = self.options
         if not o.raft_per_chunk:
             return
-        per_chunk: dict[str, int] = {}
-        answers: set[str] = set()
-        for c in kept:
-            key = chunk_key(c.chunk)
-            if c.answer in answers or per_chunk.get(key, 0) >= o.raft_per_chunk:
-                continue
-            answers.add(c.answer)
-            per_chunk[key] = per_chunk.get(key, 0) + 1
+        for made, picked in enumerate(_raft_candidates(kept, o.raft_per_chunk)):
             out.examples.append(
                 raft_example(
-                    c, chunks, self.instructions,
+                    picked, chunks, self.instructions,
                     distractors=o.raft_distractors, no_gold_share=o.raft_no_gold_share, seed=o.seed,
+                    shape=RAFT_SHAPES[made % len(RAFT_SHAPES)],
                 )
             )  # fmt: skip
+
+
+RAFT_SHAPES: tuple[RaftShape, ...] = ("specialist", "chat")
+
+
+def _raft_candidates(kept: Sequence[Candidate], per_chunk: int) -> list[Candidate]:
+    """Up to `per_chunk` candidates of each chunk, taken in turn from its kinds (processes before
+    facts), each answer once. Taking the first few of a chunk took its facts alone: a company's
+    11 retrieval-aware examples held one process, so passages of steps were never trained on."""
+    by_chunk: dict[str, dict[str, list[Candidate]]] = {}
+    for c in kept:
+        by_chunk.setdefault(chunk_key(c.chunk), {}).setdefault(c.kind, []).append(c)
+    answers: set[str] = set()
+    picked: list[Candidate] = []
+    for kinds in by_chunk.values():
+        queues = [kinds[k] for k in sorted(kinds, key=lambda k: k != "process")]
+        taken = 0
+        while taken < per_chunk and any(queues):
+            for queue in queues:
+                while queue and queue[0].answer in answers:
+                    queue.pop(0)
+                if queue and taken < per_chunk:
+                    c = queue.pop(0)
+                    answers.add(c.answer)
+                    picked.append(c)
+                    taken += 1
+    return picked

@@ -1,7 +1,18 @@
-"""Retrieval-aware examples (RAFT, Zhang et al. 2024): the question with passages in exactly the
-prompt the specialists send (shared/prompts.py), the gold chunk among distractors of the same
-scope → the specialist's JSON answer that uses the gold passage; about `no_gold_share` of them
-without the gold chunk → "not in the documents".
+"""Retrieval-aware examples (RAFT, Zhang et al. 2024): the question with passages, the gold chunk
+among distractors of the same scope → an answer that uses the gold passage; about `no_gold_share`
+of them without the gold chunk → "not in the documents".
+
+Two shapes, alternating, with the same user turn (`specialist_messages`: "Documents: [1] …
+Question: …"):
+
+    specialist   exactly the prompt the specialists send (shared/prompts.py) → their JSON answer
+    chat         the scope's instructions as a plain system prompt → the answer as text: what a
+                 tenant's own retrieval sends through the chat API, and the eval's "+ RAG" arms
+
+Why both: trained on the JSON shape alone, an adapter given passages in a plain chat answered
+worse than the base model given the same passages (BENCHMARKS.md, personalization: company + user
+adapter + RAG 0.40 process recall against RAG's 0.61), while it answered better than RAG with no
+passages at all (0.90): what it knew from the passages' format was tied to the JSON answer.
 
 The answer cites the gold passage the way specialists cite: by stating what it says
 (`shared/answer_checks.supported_by` turns that into the citation). A "[2]" in the answer would
@@ -13,6 +24,7 @@ from __future__ import annotations
 import hashlib
 import random
 from collections.abc import Sequence
+from typing import Literal
 
 from loraswarm.services.trainer.builder.model import BuiltExample, Candidate, chunk_key
 from loraswarm.services.trainer.corpus import CorpusChunk
@@ -28,6 +40,9 @@ def _rng(*parts: str) -> random.Random:
     return random.Random(hashlib.sha256("\x1f".join(parts).encode()).hexdigest())
 
 
+RaftShape = Literal["specialist", "chat"]
+
+
 def raft_example(
     candidate: Candidate,
     scope_chunks: Sequence[CorpusChunk],
@@ -36,6 +51,7 @@ def raft_example(
     distractors: int,
     no_gold_share: float,
     seed: int = 0,
+    shape: RaftShape = "specialist",
 ) -> BuiltExample:
     """One retrieval-aware example for a grounded candidate; distractors are chunks of the same
     scope that do not state its answer (so an example "without gold" really lacks it)."""
@@ -51,16 +67,19 @@ def raft_example(
     passages = [c.text for c in picked]
     if with_gold:
         passages.insert(rng.randint(0, len(passages)), gold.text)
-    system, user = specialist_messages(
-        rng.choice(list(instructions) or [DEFAULT_INSTRUCTIONS]), candidate.question, passages
-    )
+    chosen = rng.choice(list(instructions) or [DEFAULT_INSTRUCTIONS])
+    system, user = specialist_messages(chosen, candidate.question, passages)
     answer = candidate.answer if with_gold else NOT_FOUND_ANSWER
+    if shape == "chat":
+        system, reply = chosen, answer
+    else:
+        reply = specialist_answer(answer)
     return BuiltExample(
         "raft",
         (
             Message(role="system", content=system),
             Message(role="user", content=user),
-            Message(role="assistant", content=specialist_answer(answer)),
+            Message(role="assistant", content=reply),
         ),
         chunk_key(gold),
         candidate.generator,
