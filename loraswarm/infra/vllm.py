@@ -157,6 +157,32 @@ def argv(infra: InfraSettings, model: Path, dtype: str, max_lora_rank: int) -> l
     ]
 
 
+def _env(infra: InfraSettings, threads: int) -> dict[str, str]:
+    """The engine's environment: offline, no usage reports, its KV cache and compute threads."""
+    return {
+        "VLLM_CPU_KVCACHE_SPACE": str(infra.vllm_kv_cache_gib),
+        "HF_HUB_OFFLINE": "1",
+        "VLLM_NO_USAGE_STATS": "1",
+        "DO_NOT_TRACK": "1",
+        "OMP_NUM_THREADS": str(threads),
+    }
+
+
+def _wait_ready(infra: InfraSettings, proc: ManagedProcess, child: subprocess.Popen[bytes]) -> None:
+    """Until the server answers; a server that dies or never answers is stopped and reported."""
+    try:
+        wait_until(
+            lambda: _ready(infra),
+            timeout_s=max(infra.ready_timeout_s, infra.vllm_ready_timeout_s),
+            proc=proc,
+            child=child,
+            what="vLLM",
+        )
+    except InfraError:
+        proc.stop()
+        raise
+
+
 def up(infra: InfraSettings) -> str:
     proc = process(infra)
     if proc.running() and _ready(infra):
@@ -169,27 +195,10 @@ def up(infra: InfraSettings) -> str:
     dtype = "bfloat16" if models.native_cpu_bf16() else "float32"
     child = proc.start(
         argv(infra, _model(settings), dtype, settings.orchestration.vllm_max_lora_rank),
-        env={
-            "VLLM_ALLOW_RUNTIME_LORA_UPDATING": "True",
-            "VLLM_CPU_KVCACHE_SPACE": str(infra.vllm_kv_cache_gib),
-            "HF_HUB_OFFLINE": "1",
-            "VLLM_NO_USAGE_STATS": "1",
-            "DO_NOT_TRACK": "1",
-            # One engine process on a small machine: leave a core to the rest of the stack.
-            "OMP_NUM_THREADS": str(max(1, (os.cpu_count() or 2) - 1)),
-        },
+        # One engine process on a small machine: leave a core to the rest of the stack.
+        env=_env(infra, max(1, (os.cpu_count() or 2) - 1)) | {"VLLM_ALLOW_RUNTIME_LORA_UPDATING": "True"},
     )
-    try:
-        wait_until(
-            lambda: _ready(infra),
-            timeout_s=max(infra.ready_timeout_s, infra.vllm_ready_timeout_s),
-            proc=proc,
-            child=child,
-            what="vLLM",
-        )
-    except InfraError:
-        proc.stop()
-        raise
+    _wait_ready(infra, proc, child)
     return f"vllm ready: {url(infra)} ({dtype}, runtime LoRA loading; log: {proc.log_file})"
 
 
@@ -212,25 +221,12 @@ def running(
     proc = ManagedProcess(name, infra.run_dir, infra.logs_dir)
     child = proc.start(
         [*argv(infra, model, dtype, max_lora_rank), *args],
-        env={
-            "VLLM_CPU_KVCACHE_SPACE": str(infra.vllm_kv_cache_gib),
-            "HF_HUB_OFFLINE": "1",
-            "VLLM_NO_USAGE_STATS": "1",
-            "DO_NOT_TRACK": "1",
-            "OMP_NUM_THREADS": str(threads),
-            # vLLM's own default on a small machine keeps a core for its front end; bound to the
-            # same cores as the systems it is compared with, its front end shares them as theirs do.
-            "VLLM_CPU_OMP_THREADS_BIND": f"0-{threads - 1}",
-        },
+        # vLLM's own default on a small machine keeps a core for its front end; bound to the same
+        # cores as the systems it is compared with, its front end shares them as theirs do.
+        env=_env(infra, threads) | {"VLLM_CPU_OMP_THREADS_BIND": f"0-{threads - 1}"},
     )
     try:
-        wait_until(
-            lambda: _ready(infra),
-            timeout_s=max(infra.ready_timeout_s, infra.vllm_ready_timeout_s),
-            proc=proc,
-            child=child,
-            what="vLLM",
-        )
+        _wait_ready(infra, proc, child)
         yield f"http://127.0.0.1:{infra.vllm_port}"
     finally:
         proc.stop()
