@@ -50,3 +50,22 @@ def test_sizes_and_every_gold_answer_is_in_the_corpus(tmp_path: Path) -> None:
                 assert not any(contains(private, a) for a in q.answers)
         if q.kind == "process":
             assert all(contains(visible, s) for s in q.steps), q
+
+
+def test_a_document_is_named_the_same_wherever_the_run_writes_its_corpus(tmp_path: Path) -> None:
+    # The trainer's held-out split and retrieval-aware examples hash the documents' names: a name
+    # with the run's folder in it gave two runs of one seed different adapters.
+    from loraswarm.eval.runner import same_id_anywhere
+    from loraswarm.services.ingestion.files import FileOptions, discover, load_file
+    from loraswarm.shared.events import Document
+
+    named = []
+    for run in ("eval-a", "eval-b"):
+        corpus = tmp_path / run / "corpus"
+        generate(seed=0, tenants=1, users_per_tenant=1, per_kind=2).write(corpus, tmp_path / run / "q.jsonl")
+        docs = [load_file(p, FileOptions(source="company", visibility="company")) for p in discover([corpus])]
+        named.append(
+            sorted((same_id_anywhere(d, corpus).doc_id, d.content) for d in docs if isinstance(d, Document))
+        )
+    assert named[0] == named[1] and named[0]
+    assert all(not doc_id.startswith("/") and "eval-" not in doc_id for doc_id, _ in named[0])
