@@ -200,18 +200,22 @@ def supports(claim: str, passage: str, question: str = "") -> bool:
     return support(claim, passage, question) >= SUPPORT_THRESHOLD
 
 
+_LIST_MARKER = re.compile(r"^\s*(?:\d{1,3}[.)]|[-*\u2022])(?:\s+|$)")
 _CLAUSE = re.compile(r";\s*|,\s+(?:and|but|while)\s+")
 
 
 def claims(answer: str) -> list[str]:
     """The answer's claims: its sentences, cut at `;` and `, and`, so that a sentence joining two
-    facts is supported by the two passages stating them (a "not in the documents" claims nothing)."""
+    facts is supported by the two passages stating them (a "not in the documents" claims nothing).
+    A list marker is not a claim: the sentence splitter leaves "1." of "1. Reserve the hotel." on
+    its own, and as the number 1 it was "stated" by every numbered passage, so a list of steps
+    cited, and was grounded by, every passage with a numbered list."""
     return [
-        c.strip()
+        bare
         for s in sentences(answer)
         if NOT_IN_DOCUMENTS not in s.lower()
         for c in _CLAUSE.split(s)
-        if c.strip()
+        if (bare := _LIST_MARKER.sub("", c).strip())
     ]
 
 
@@ -221,19 +225,15 @@ def supported_by(answer: str, passages: Sequence[str], question: str = "") -> li
     return [i for i, p in enumerate(passages) if any(supports(c, p, question) for c in claims_)]
 
 
-_LIST_MARKER = re.compile(r"^\s*(?:\d{1,3}[.)]|[-*\u2022])\s+")
-
-
 def ungrounded_claims(answer: str, passages: Sequence[str], question: str = "") -> list[str]:
     """The answer's claims that none of `passages` supports: what a generated training answer
-    says beyond its source (the trainer drops such an answer). List markers ("1.", "-") are not
-    claims: a numbered answer is grounded by steps its passage writes without numbers."""
-    found = []
-    for claim in claims(answer):
-        bare = _LIST_MARKER.sub("", claim)
-        if own_terms(bare, question) and not any(supports(bare, p, question) for p in passages):
-            found.append(claim)
-    return found
+    says beyond its source (the trainer drops such an answer). Claims carry no list marker
+    (`claims`): a numbered answer is grounded by steps its passage writes without numbers."""
+    return [
+        claim
+        for claim in claims(answer)
+        if own_terms(claim, question) and not any(supports(claim, p, question) for p in passages)
+    ]
 
 
 def is_echo_sentence(sentence: str, question: str) -> bool:

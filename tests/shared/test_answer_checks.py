@@ -50,6 +50,17 @@ def test_supported_by_names_only_the_passages_that_state_the_answer() -> None:
     assert checks.supported_by("Shipping: not in the documents.", passages, Q_SHIP) == []
 
 
+def test_a_list_of_steps_is_supported_by_its_own_steps_and_not_by_another_numbered_list() -> None:
+    asked = "What are the steps, in order, for booking travel?"
+    answer = "1. Reserve the hotel.\n2. Upload the receipts.\n3. Book through the portal."
+    travel = "Booking travel\n1. Reserve the hotel.\n2. Upload the receipts.\n3. Book through the portal."
+    other = "Escalating a complaint\n1. Confirm by letter.\n2. Call the team lead.\n3. Log the complaint."
+    written = "For booking travel: reserve the hotel, then upload the receipts, then book through the portal."
+    assert checks.claims(answer) == ["Reserve the hotel.", "Upload the receipts.", "Book through the portal."]
+    assert checks.supported_by(answer, [other, travel, written], asked) == [1, 2]
+    assert checks.ungrounded_claims(answer, [other], asked) == checks.claims(answer)
+
+
 def test_an_echo_is_detected_and_an_answer_is_not() -> None:
     echo = "Summary: A customer wants a refund for a tent bought 45 days ago. What should we do?"
     asked = "A customer wants a refund for a tent bought 45 days ago. What should we do?"
