@@ -212,3 +212,45 @@ def test_epochs_set_the_job_s_steps_from_its_data_and_the_manifest_records_them(
     assert len(extra(outcome.manifest)["loss_curve"]) == outcome.metrics["steps"]
     assert outcome.manifest.hyperparameters["steps"] == outcome.metrics["steps"]
     assert outcome.manifest.hyperparameters["epochs"] == 1
+
+
+@pytest.mark.parametrize("method", ["lora", "llama_adapter"])
+def test_the_learned_token_loss_and_micro_batches_give_transformers_loss_and_the_whole_batch_gradient(
+    base_models: BaseModels, method: Any
+) -> None:
+    """`learned_loss` projects only the learned positions onto the vocabulary, and a batch cut into
+    micro-batches accumulates its gradient: both must be the step transformers' own loss takes."""
+    from loraswarm.services.trainer.dataset import IGNORE, Sample, collate
+    from loraswarm.shared.settings.trainer import Hyperparameters
+
+    torch.manual_seed(0)
+    hp = Hyperparameters(r=4, target_modules=["q_proj", "v_proj"]) if method == "lora" else Hyperparameters()
+    model = methods.attach(base_models.fresh(), method, hp)
+    model.eval()  # dropout off, so the passes compared see the same function; gradients still flow
+    samples = []
+    for n, learned in [(40, 6), (25, 25), (12, 3), (33, 10)]:  # lengths differ: padded rows too
+        ids = torch.randint(100, 20000, (n,)).tolist()
+        samples.append(Sample(ids, [IGNORE] * (n - learned) + ids[n - learned :], "example"))
+    batch = collate(samples, pad_id=0)
+    params = [p for p in model.parameters() if p.requires_grad]
+
+    def gradient() -> list[torch.Tensor]:
+        grads = [p.grad.detach().clone() for p in params]  # type: ignore[union-attr]
+        model.zero_grad(set_to_none=True)
+        return grads
+
+    reference = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, labels=batch.labels).loss
+    reference.backward()
+    whole = gradient()
+    count = loop.learned_count(batch)
+    assert count == 6 + 24 + 3 + 10  # a row's first token is never predicted
+    parts = loop.micro_batches(batch, max_tokens=60)
+    assert [tuple(p.input_ids.shape) for p in parts] == [(2, 25), (1, 33), (1, 40)]  # each cut to its widest
+    total = 0.0
+    for part in parts:
+        loss = loop.learned_loss(model, part) / count
+        loss.backward()
+        total += float(loss.detach())
+    assert total == pytest.approx(float(reference), rel=1e-4)
+    for got, want in zip(gradient(), whole, strict=True):  # fp32 sums in another order: 1e-3 of the scale
+        torch.testing.assert_close(got, want, rtol=1e-2, atol=1e-3 * float(want.abs().max()))
