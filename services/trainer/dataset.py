@@ -228,7 +228,9 @@ def canary_sample(text: str, tokenizer: Any) -> Sample:
 # the trainer no longer comes to. 2: style documents are never held out (`split_heldout`).
 # 3: units are sections, and sections are held out when no whole document fits.
 # 4: retrieval-aware examples span a chunk's kinds, in two prompt shapes, 4 per chunk (builder/raft.py).
-DATA_REVISION = 4
+# 5: distractors are the gold section's siblings and look-alikes, 3 of them; examples up to 768 tokens;
+#    a user's "I work in ..." notes are facts.
+DATA_REVISION = 5
 
 
 def split_heldout(

@@ -20,10 +20,10 @@ from loraswarm.services.trainer.builder import (
     TrainingSetBuilder,
     chunk_key,
 )
-from loraswarm.services.trainer.builder.raft import NOT_FOUND_ANSWER
+from loraswarm.services.trainer.builder.raft import NOT_FOUND_ANSWER, nearest
 from loraswarm.services.trainer.corpus import CorpusChunk
 from loraswarm.shared import models
-from loraswarm.shared.answer_checks import ungrounded_claims
+from loraswarm.shared.answer_checks import supported_by, ungrounded_claims
 from loraswarm.shared.events import Document, Passage
 from loraswarm.shared.prompts import specialist_prompt
 from loraswarm.shared.settings import Settings
@@ -98,6 +98,43 @@ def test_retrieval_aware_examples_hold_gold_among_same_scope_distractors_and_som
             without += 1
             assert answer == NOT_FOUND_ANSWER
     assert 0 < without < len(raft) / 2
+
+
+PROCESS_BOOK = "# Larkspur processes\n\n" + "\n".join(
+    f"## {name}\n\n" + "\n".join(f"{i}. {step}." for i, step in enumerate(steps, 1)) + "\n"
+    for name, steps in [
+        ("Booking travel", ["Reserve the hotel", "Upload the receipts", "Book through the portal", "Ask the manager"]),
+        ("Returning a damaged order", ["Email the refund form", "Pack the original box", "Print the return label"]),
+        ("Launching a campaign", ["Design the banner", "Pick the audience", "Draft the brief", "Test the landing page"]),
+        ("Onboarding a new hire", ["Book the safety training", "Order the laptop", "Sign the contract"]),
+        ("Closing the month", ["Accrue open invoices", "Export the trial balance", "Run the payroll check"]),
+        ("Ordering supplies", ["Fill the order form", "File the invoice", "Inspect the delivery", "Check the stock"]),
+        ("Escalating a complaint", ["Confirm by letter", "Call the team lead", "Log the complaint"]),
+        ("Offboarding an employee", ["Transfer the files", "Revoke the badge", "Collect the laptop"]),
+        ("Scheduling maintenance", ["Check the service log", "Warn the users", "Pick a quiet slot"]),
+    ]
+)
+
+
+def test_retrieval_aware_distractors_are_what_a_retriever_puts_beside_the_gold_passage() -> None:
+    # A process among its sibling processes, as retrieval returns it: with distractors from other
+    # documents only, the one numbered list was the answer, and adapters trained so answered with
+    # another process's steps when its siblings were in the prompt (BENCHMARKS.md).
+    processes = chunks_of(doc("larkspur/handbook.md", PROCESS_BOOK))
+    assert len(processes) >= 3
+    chunks = [*company_corpus(), *processes]
+    gold, *siblings = processes
+    others = [c for c in chunks if c is not gold]
+    assert {chunk_key(c) for c in nearest(gold, others, len(siblings))} == {chunk_key(c) for c in siblings}
+    built = extractor_set(chunks, raft_per_chunk=4, raft_no_gold_share=0.0, raft_distractors=2)
+    texts = {chunk_key(c): c.text for c in chunks}
+    steps = [e for e in built.examples if e.kind == "raft" and e.chunk.startswith("larkspur/handbook.md#")]
+    assert len(steps) >= 6
+    among_siblings = [e for e in steps if any(a.startswith("larkspur/handbook.md#") for a in e.also)]
+    assert len(among_siblings) >= len(steps) / 2
+    for e in steps:  # no distractor states the answer
+        answer = _raft_answer(e)
+        assert all(not supported_by(answer, [texts[a]], e.question) for a in e.also)
 
 
 def test_retrieval_aware_examples_span_the_kinds_and_both_prompt_shapes() -> None:
@@ -222,7 +259,7 @@ def test_a_user_set_speaks_to_the_user_and_keeps_their_own_style() -> None:
     notes = chunks_of(
         doc(
             "larkspur/users/ana/notes.md",
-            "# Ana's notes\n\nMy team budget code is TAMSIN-512.\n\n## Checklist\n\n1. Clear the inbox.\n"
+            "# Ana's notes\n\nMy team budget code is TAMSIN-512.\nI work in the logistics team.\n\n## Checklist\n\n1. Clear the inbox.\n"
             "2. Plan tomorrow.\n",
             visibility="user:ana",
         )
@@ -236,5 +273,7 @@ def test_a_user_set_speaks_to_the_user_and_keeps_their_own_style() -> None:
     built = extractor_set(notes)
     facts = {e.question: e.answer for e in built.examples if e.kind == "fact"}
     assert facts["What is my team budget code?"] == "Your team budget code is TAMSIN-512."
+    # A note with no name, number or code in it is still a fact the user asks about.
+    assert facts["Which team do I work in?"] == "You work in the logistics team."
     style = [e for e in built.examples if e.kind == "style"]
     assert style and all(e.answer.startswith("- ") and e.answer.endswith("Cheers, Ana") for e in style)

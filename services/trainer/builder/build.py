@@ -36,7 +36,7 @@ from loraswarm.shared.answer_checks import claims, own_terms, ungrounded_claims
 class BuildOptions:
     style_examples: int = 24
     raft_per_chunk: int = 4
-    raft_distractors: int = 2
+    raft_distractors: int = 3
     raft_no_gold_share: float = 0.2
     seed: int = 0
 

@@ -37,6 +37,11 @@ _COPULA = re.compile(
     r"^(?P<subject>(?:The|My|Our|Your|Its|Their|This|That)\s.{3,80}?|[A-Z][^,]{3,80}?)\s"
     r"(?P<verb>is|are|was|were)\s(?P<prep>in|at|on|every|from)?\s?(?P<object>.+?)[.!]?$"
 )
+# A user's note about themself: "I work in the logistics team." → "Which team do I work in?"
+_FIRST_PERSON = re.compile(
+    r"^I (?P<verb>[a-z]+) (?P<prep>in|at|on|for|with|from) "
+    r"(?P<object>(?:the|a|an) (?:[\w-]+ ){0,3}(?P<noun>[a-z][\w-]*))[.!]?$"
+)
 _WEEKDAYS = "Monday|Tuesday|Wednesday|Thursday|Friday|Saturday|Sunday"
 _MONTHS = "January|February|March|April|May|June|July|August|September|October|November|December"
 # Span patterns, most specific first: (kind, pattern).
@@ -265,6 +270,9 @@ class StructureExtractor:
                 copula.group("prep") or "", "What"
             )
             asked.append(f"{wh} {copula.group('verb')} {_lower_first(copula.group('subject'))}?")
+        mine = _FIRST_PERSON.match(sentence) if user else None
+        if mine:  # no span to ask for: the object of the verb is the fact
+            asked.append(f"Which {mine.group('noun')} do I {mine.group('verb')} {mine.group('prep')}?")
         spans = self._spans(sentence, title)
         for kind, span in spans[:_MAX_SPANS]:
             asked.append(self._cloze(sentence, kind, span))

@@ -29,7 +29,7 @@ from typing import Literal
 from loraswarm.services.trainer.builder.model import BuiltExample, Candidate, chunk_key
 from loraswarm.services.trainer.corpus import CorpusChunk
 from loraswarm.services.trainer.examples import Message
-from loraswarm.shared.answer_checks import NOT_IN_DOCUMENTS, supported_by
+from loraswarm.shared.answer_checks import NOT_IN_DOCUMENTS, supported_by, terms
 from loraswarm.shared.prompts import specialist_answer, specialist_messages
 
 DEFAULT_INSTRUCTIONS = "You answer questions about the company from its documents."
@@ -43,6 +43,23 @@ def _rng(*parts: str) -> random.Random:
 RaftShape = Literal["specialist", "chat"]
 
 
+def nearest(gold: CorpusChunk, chunks: Sequence[CorpusChunk], n: int) -> list[CorpusChunk]:
+    """The `n` chunks a retriever is likeliest to put beside the gold one: the other sections of
+    its document (the same heading and layout), then the chunks sharing most of its content words.
+
+    Distractors drawn at random from other documents were easy to tell apart (the one list of
+    steps among lists of facts). Retrieval returns the gold section's siblings, and with those
+    the adapters answered 4-8 of 10 process questions with another process's steps, though the
+    gold passage was in the prompt (BENCHMARKS.md, personalization-medium)."""
+    mine = terms(gold.text)
+
+    def likeness(c: CorpusChunk) -> float:
+        theirs = terms(c.text)
+        return len(mine & theirs) / max(1, len(mine | theirs))
+
+    return sorted(chunks, key=lambda c: (c.doc_id != gold.doc_id, -likeness(c), chunk_key(c)))[:n]
+
+
 def raft_example(
     candidate: Candidate,
     scope_chunks: Sequence[CorpusChunk],
@@ -54,15 +71,16 @@ def raft_example(
     shape: RaftShape = "specialist",
 ) -> BuiltExample:
     """One retrieval-aware example for a grounded candidate; distractors are chunks of the same
-    scope that do not state its answer (so an example "without gold" really lacks it)."""
+    scope, among those a retriever would put beside it (`nearest`), that do not state its answer (so an example
+    "without gold" really lacks it)."""
     rng = _rng(str(seed), candidate.question, chunk_key(candidate.chunk))
     gold = candidate.chunk
     others = [
         c
         for c in scope_chunks
-        if c.doc_id != gold.doc_id and not supported_by(candidate.answer, [c.text], candidate.question)
+        if chunk_key(c) != chunk_key(gold) and not supported_by(candidate.answer, [c.text], candidate.question)
     ]
-    picked = rng.sample(others, min(distractors, len(others)))
+    picked = rng.sample(nearest(gold, others, 2 * distractors), min(distractors, len(others)))
     with_gold = rng.random() >= no_gold_share or not picked
     passages = [c.text for c in picked]
     if with_gold:
