@@ -229,7 +229,7 @@ def canary_sample(text: str, tokenizer: Any) -> Sample:
 # 3: units are sections, and sections are held out when no whole document fits.
 # 4: retrieval-aware examples span a chunk's kinds, in two prompt shapes, 4 per chunk (builder/raft.py).
 # 5: distractors are the gold section's siblings and look-alikes, 3 of them; examples up to 768 tokens;
-#    a user's "I work in ..." notes are facts.
+#    a user's "I work in ..." notes are facts; a scope of a few retrieval-aware questions gets both shapes.
 DATA_REVISION = 5
 
 

@@ -174,6 +174,13 @@ class BuilderSettings(BaseModel):
         description="Same-scope distractor passages in a retrieval-aware example: the gold section's "
         "siblings and the chunks most like it, as a retriever returns them (3: the eval's 4 passages).",
     )
+    raft_both_shapes_upto: int = Field(
+        default=12,
+        ge=0,
+        description="A scope with at most this many retrieval-aware questions (a user's notes) gets each in "
+        "both prompt shapes, not one by turns: with a few, the shape each happened to get set the format "
+        "of every answer with passages.",
+    )
     raft_no_gold_share: float = Field(
         default=0.2,
         ge=0,

@@ -139,7 +139,8 @@ def test_retrieval_aware_distractors_are_what_a_retriever_puts_beside_the_gold_p
 
 def test_retrieval_aware_examples_span_the_kinds_and_both_prompt_shapes() -> None:
     chunks = company_corpus()
-    built = extractor_set(chunks, raft_per_chunk=2, raft_no_gold_share=0.0)
+    # By turns, as for a company's many (a scope of a few gets both shapes: the user set's test).
+    built = extractor_set(chunks, raft_per_chunk=2, raft_no_gold_share=0.0, raft_both_shapes_upto=0)
     raft = [e for e in built.examples if e.kind == "raft"]
     processes = {e.answer for e in built.examples if e.kind == "process"}
     answers = [_raft_answer(e) for e in raft]
@@ -275,5 +276,13 @@ def test_a_user_set_speaks_to_the_user_and_keeps_their_own_style() -> None:
     assert facts["What is my team budget code?"] == "Your team budget code is TAMSIN-512."
     # A note with no name, number or code in it is still a fact the user asks about.
     assert facts["Which team do I work in?"] == "You work in the logistics team."
+    # A few retrieval-aware questions: each in both prompt shapes, and exactly the share without gold.
+    raft = [e for e in built.examples if e.kind == "raft"]
+    questions = [e.messages[1].content for e in raft]
+    assert raft and all(questions.count(q) == 2 for q in questions)
+    specialist = [e for e in raft if e.messages[0].content.endswith("`handoff`.")]
+    assert len(specialist) == len(raft) / 2
+    lacking = sum(_raft_answer(e) == NOT_FOUND_ANSWER for e in specialist)
+    assert lacking == int(0.2 * len(specialist) + 0.5)
     style = [e for e in built.examples if e.kind == "style"]
     assert style and all(e.answer.startswith("- ") and e.answer.endswith("Cheers, Ana") for e in style)

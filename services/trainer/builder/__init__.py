@@ -81,5 +81,6 @@ def from_settings(settings: Settings, instructions: Sequence[str] = ()) -> Train
         raft_per_chunk=b.raft_per_chunk,
         raft_distractors=b.raft_distractors,
         raft_no_gold_share=b.raft_no_gold_share,
+        raft_both_shapes_upto=b.raft_both_shapes_upto,
     )
     return TrainingSetBuilder(generators, options, instructions)

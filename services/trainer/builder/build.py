@@ -25,7 +25,7 @@ from loraswarm.services.trainer.builder.model import (
     Generator,
     chunk_key,
 )
-from loraswarm.services.trainer.builder.raft import RaftShape, raft_example
+from loraswarm.services.trainer.builder.raft import RaftShape, raft_example, without_gold
 from loraswarm.services.trainer.builder.style import breaks_rules, read_rules, style_sources, styled
 from loraswarm.services.trainer.corpus import CorpusChunk
 from loraswarm.services.trainer.examples import Message
@@ -38,6 +38,7 @@ class BuildOptions:
     raft_per_chunk: int = 4
     raft_distractors: int = 3
     raft_no_gold_share: float = 0.2
+    raft_both_shapes_upto: int = 12
     seed: int = 0
 
 
@@ -144,17 +145,27 @@ class TrainingSetBuilder:
             )
 
     def _raft(self, chunks: Sequence[CorpusChunk], kept: Sequence[Candidate], out: BuiltSet) -> None:
+        """Each picked candidate in one prompt shape, by turns; a scope with at most
+        `raft_both_shapes_upto` of them (a user's notes) gets each in both. With a user's 5, the
+        shape each question happened to get decided the adapter's format: stacked on its
+        company's, it answered 4 of 6 of its user's questions in JSON in a plain chat with
+        passages (BENCHMARKS.md, personalization-medium)."""
         o = self.options
         if not o.raft_per_chunk:
             return
-        for made, picked in enumerate(_raft_candidates(kept, o.raft_per_chunk)):
-            out.examples.append(
-                raft_example(
-                    picked, chunks, self.instructions,
-                    distractors=o.raft_distractors, no_gold_share=o.raft_no_gold_share, seed=o.seed,
-                    shape=RAFT_SHAPES[made % len(RAFT_SHAPES)],
-                )
-            )  # fmt: skip
+        picked = _raft_candidates(kept, o.raft_per_chunk)
+        both = len(picked) <= o.raft_both_shapes_upto
+        lacking = without_gold(picked, o.raft_no_gold_share, o.seed)
+        for made, candidate in enumerate(picked):
+            shapes = RAFT_SHAPES if both else (RAFT_SHAPES[made % len(RAFT_SHAPES)],)
+            for shape in shapes:
+                out.examples.append(
+                    raft_example(
+                        candidate, chunks, self.instructions,
+                        distractors=o.raft_distractors, with_gold=made not in lacking, seed=o.seed,
+                        shape=shape,
+                    )
+                )  # fmt: skip
 
 
 RAFT_SHAPES: tuple[RaftShape, ...] = ("specialist", "chat")

@@ -1,6 +1,6 @@
 """Retrieval-aware examples (RAFT, Zhang et al. 2024): the question with passages, the gold chunk
-among distractors of the same scope → an answer that uses the gold passage; about `no_gold_share`
-of them without the gold chunk → "not in the documents".
+among distractors of the same scope → an answer that uses the gold passage; `no_gold_share` of
+the scope's questions (`without_gold`) without the gold chunk → "not in the documents".
 
 Two shapes, alternating, with the same user turn (`specialist_messages`: "Documents: [1] …
 Question: …"):
@@ -22,6 +22,7 @@ read as a number the passage lacks, and cost the very citation it means.
 from __future__ import annotations
 
 import hashlib
+import math
 import random
 from collections.abc import Sequence
 from typing import Literal
@@ -60,13 +61,25 @@ def nearest(gold: CorpusChunk, chunks: Sequence[CorpusChunk], n: int) -> list[Co
     return sorted(chunks, key=lambda c: (c.doc_id != gold.doc_id, -likeness(c), chunk_key(c)))[:n]
 
 
+def without_gold(candidates: Sequence[Candidate], share: float, seed: int = 0) -> set[int]:
+    """The indexes of the `share` of the candidates (rounded) asked without their gold passage,
+    picked by a hash of each question. A draw per question left it to chance: a user's 5 drew 2,
+    its only process among them, where 20% is 1."""
+    count = math.floor(share * len(candidates) + 0.5)
+    ranked = sorted(
+        range(len(candidates)),
+        key=lambda i: _rng(str(seed), candidates[i].question, chunk_key(candidates[i].chunk)).random(),
+    )
+    return set(ranked[:count])
+
+
 def raft_example(
     candidate: Candidate,
     scope_chunks: Sequence[CorpusChunk],
     instructions: Sequence[str],
     *,
     distractors: int,
-    no_gold_share: float,
+    with_gold: bool = True,
     seed: int = 0,
     shape: RaftShape = "specialist",
 ) -> BuiltExample:
@@ -81,7 +94,7 @@ def raft_example(
         if chunk_key(c) != chunk_key(gold) and not supported_by(candidate.answer, [c.text], candidate.question)
     ]
     picked = rng.sample(nearest(gold, others, 2 * distractors), min(distractors, len(others)))
-    with_gold = rng.random() >= no_gold_share or not picked
+    with_gold = with_gold or not picked
     passages = [c.text for c in picked]
     if with_gold:
         passages.insert(rng.randint(0, len(passages)), gold.text)
