@@ -100,19 +100,18 @@ def test_retrieval_aware_examples_hold_gold_among_same_scope_distractors_and_som
     assert 0 < without < len(raft) / 2
 
 
+_PROCESS_LINES = """Booking travel: Reserve the hotel, Upload the receipts, Book through the portal, Ask the manager
+Returning a damaged order: Email the refund form, Pack the original box, Print the return label
+Launching a campaign: Design the banner, Pick the audience, Draft the brief, Test the landing page
+Onboarding a new hire: Book the safety training, Order the laptop, Sign the contract
+Closing the month: Accrue open invoices, Export the trial balance, Run the payroll check
+Ordering supplies: Fill the order form, File the invoice, Inspect the delivery, Check the stock
+Escalating a complaint: Confirm by letter, Call the team lead, Log the complaint
+Offboarding an employee: Transfer the files, Revoke the badge, Collect the laptop
+Scheduling maintenance: Check the service log, Warn the users, Pick a quiet slot"""
 PROCESS_BOOK = "# Larkspur processes\n\n" + "\n".join(
-    f"## {name}\n\n" + "\n".join(f"{i}. {step}." for i, step in enumerate(steps, 1)) + "\n"
-    for name, steps in [
-        ("Booking travel", ["Reserve the hotel", "Upload the receipts", "Book through the portal", "Ask the manager"]),
-        ("Returning a damaged order", ["Email the refund form", "Pack the original box", "Print the return label"]),
-        ("Launching a campaign", ["Design the banner", "Pick the audience", "Draft the brief", "Test the landing page"]),
-        ("Onboarding a new hire", ["Book the safety training", "Order the laptop", "Sign the contract"]),
-        ("Closing the month", ["Accrue open invoices", "Export the trial balance", "Run the payroll check"]),
-        ("Ordering supplies", ["Fill the order form", "File the invoice", "Inspect the delivery", "Check the stock"]),
-        ("Escalating a complaint", ["Confirm by letter", "Call the team lead", "Log the complaint"]),
-        ("Offboarding an employee", ["Transfer the files", "Revoke the badge", "Collect the laptop"]),
-        ("Scheduling maintenance", ["Check the service log", "Warn the users", "Pick a quiet slot"]),
-    ]
+    f"## {name}\n\n" + "\n".join(f"{i}. {step}." for i, step in enumerate(steps.split(", "), 1)) + "\n"
+    for name, steps in (line.split(": ") for line in _PROCESS_LINES.splitlines())
 )
 
 

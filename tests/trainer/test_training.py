@@ -239,7 +239,9 @@ def test_the_learned_token_loss_and_micro_batches_give_transformers_loss_and_the
         model.zero_grad(set_to_none=True)
         return grads
 
-    reference = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, labels=batch.labels).loss
+    reference = model(
+        input_ids=batch.input_ids, attention_mask=batch.attention_mask, labels=batch.labels
+    ).loss
     reference.backward()
     whole = gradient()
     count = loop.learned_count(batch)

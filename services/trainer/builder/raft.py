@@ -91,7 +91,8 @@ def raft_example(
     others = [
         c
         for c in scope_chunks
-        if chunk_key(c) != chunk_key(gold) and not supported_by(candidate.answer, [c.text], candidate.question)
+        if chunk_key(c) != chunk_key(gold)
+        and not supported_by(candidate.answer, [c.text], candidate.question)
     ]
     picked = rng.sample(nearest(gold, others, 2 * distractors), min(distractors, len(others)))
     with_gold = with_gold or not picked
