@@ -200,23 +200,31 @@ def supports(claim: str, passage: str, question: str = "") -> bool:
     return support(claim, passage, question) >= SUPPORT_THRESHOLD
 
 
-_LIST_MARKER = re.compile(r"^\s*(?:\d{1,3}[.)]|[-*\u2022])(?:\s+|$)")
+_LINE_MARKER = re.compile(r"(?m)^[ \t]*(?:\d{1,3}[.)]|[-*\u2022])[ \t]+(?=\S)")
+_INLINE_MARKER = re.compile(r"(?<=[:;.!?])[ \t]+\d{1,3}[.)][ \t]+(?=\S)")
 _CLAUSE = re.compile(r";\s*|,\s+(?:and|but|while)\s+")
 
 
 def claims(answer: str) -> list[str]:
     """The answer's claims: its sentences, cut at `;` and `, and`, so that a sentence joining two
     facts is supported by the two passages stating them (a "not in the documents" claims nothing).
-    A list marker is not a claim: the sentence splitter leaves "1." of "1. Reserve the hotel." on
-    its own, and as the number 1 it was "stated" by every numbered passage, so a list of steps
-    cited, and was grounded by, every passage with a numbered list."""
+    List markers are not claims (`unlisted`): the sentence splitter left "1." of "1. Reserve the
+    hotel." on its own, and as the number 1 it was "stated" by every numbered passage, so a list
+    of steps cited, and was grounded by, every passage with a numbered list."""
     return [
-        bare
-        for s in sentences(answer)
+        c.strip()
+        for s in sentences(unlisted(answer))
         if NOT_IN_DOCUMENTS not in s.lower()
         for c in _CLAUSE.split(s)
-        if (bare := _LIST_MARKER.sub("", c).strip())
+        if c.strip()
     ]
+
+
+def unlisted(text: str) -> str:
+    """The text without list markers: at a line's start ("1. ", "- ") and inside a line after a
+    sentence or a colon ("The steps: 1. Reserve the hotel. 2. Upload ..."). A number alone on its
+    line ("30.") is an answer, not a marker, and stays."""
+    return _INLINE_MARKER.sub(" ", _LINE_MARKER.sub("", text))
 
 
 def supported_by(answer: str, passages: Sequence[str], question: str = "") -> list[int]:

@@ -90,13 +90,18 @@ def learned_count(batch: Batch) -> int:
     return int((batch.labels[:, 1:] != IGNORE).sum())
 
 
+# Model types whose logits are their output layer's product and nothing after it (no soft-capping,
+# scale or multiplier, as Gemma 2, Cohere, Granite and Falcon-H1 apply): only these are projected
+# at the learned positions alone; any other model is run whole, its own forward making its logits.
+PLAIN_HEADS = frozenset({"llama", "mistral", "qwen2", "qwen3", "smollm3", "phi3"})
+
+
 def learned_loss(model: Any, batch: Batch) -> torch.Tensor:
     """Summed cross-entropy (nats) of the batch's learned tokens, the vocabulary projection
-    computed at those positions only. A model whose logits are more than its output layer (final
-    logit soft-capping) is run whole instead."""
+    computed at those positions only where the model's logits are its output layer's (`PLAIN_HEADS`)."""
     inner = model.get_base_model() if hasattr(model, "get_base_model") else model
     targets = batch.labels[:, 1:]  # (B, T-1): token t is predicted at position t-1
-    if getattr(inner.config, "final_logit_softcapping", None):
+    if inner.config.model_type not in PLAIN_HEADS:
         logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
         return F.cross_entropy(
             logits[:, :-1].float().transpose(1, 2), targets, ignore_index=IGNORE, reduction="sum"

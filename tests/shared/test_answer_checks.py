@@ -59,6 +59,10 @@ def test_a_list_of_steps_is_supported_by_its_own_steps_and_not_by_another_number
     assert checks.claims(answer) == ["Reserve the hotel.", "Upload the receipts.", "Book through the portal."]
     assert checks.supported_by(answer, [other, travel, written], asked) == [1, 2]
     assert checks.ungrounded_claims(answer, [other], asked) == checks.claims(answer)
+    inline = "The steps: 1. Reserve the hotel. 2. Upload the receipts. 3. Book through the portal."
+    assert checks.supported_by(inline, [other, travel], asked) == [1]
+    # A number alone on its line is an answer, not a list marker.
+    assert checks.claims("The limit per order:\n30.") == ["The limit per order:", "30."]
 
 
 def test_an_echo_is_detected_and_an_answer_is_not() -> None:

@@ -256,3 +256,20 @@ def test_the_learned_token_loss_and_micro_batches_give_transformers_loss_and_the
     assert total == pytest.approx(float(reference), rel=1e-4)
     for got, want in zip(gradient(), whole, strict=True):  # fp32 sums in another order: 1e-3 of the scale
         torch.testing.assert_close(got, want, rtol=1e-2, atol=1e-3 * float(want.abs().max()))
+    # The trainer's own step reports the batch's mean loss, whole or cut into micro-batches (its
+    # update is not compared: AdamW's first step is about lr x the gradient's sign, which fp32
+    # noise flips for a gradient near zero).
+    for tokens in (4096, 60):
+        torch.manual_seed(0)
+        step_hp = hp.model_copy(
+            update={
+                "micro_batch_tokens": tokens,
+                "warmup_steps": 0,
+                "lora_dropout": 0.0,
+                "learning_rate": 1e-3,
+            }
+        )
+        fresh = methods.attach(base_models.fresh(), method, step_hp)
+        assert loop.AdapterTraining(fresh, step_hp, device="cpu").step(batch) == pytest.approx(
+            float(reference), rel=1e-4
+        )

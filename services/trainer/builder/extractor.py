@@ -38,9 +38,11 @@ _COPULA = re.compile(
     r"(?P<verb>is|are|was|were)\s(?P<prep>in|at|on|every|from)?\s?(?P<object>.+?)[.!]?$"
 )
 # A user's note about themself: "I work in the logistics team." → "Which team do I work in?"
+# A present-tense verb ("am", "was" and "worked" would make "Which office do I am in?"), and
+# no second preposition before the noun ("I live in a flat with a balcony" is not about a balcony).
 _FIRST_PERSON = re.compile(
-    r"^I (?P<verb>[a-z]+) (?P<prep>in|at|on|for|with|from) "
-    r"(?P<object>(?:the|a|an) (?:[\w-]+ ){0,3}(?P<noun>[a-z][\w-]*))[.!]?$"
+    r"^I (?P<verb>(?!(?:am|was|were|have|had)\b)[a-z]+(?<!ed)) (?P<prep>in|at|on|for|with|from) "
+    r"(?P<object>(?:the|a|an) (?:(?!(?:in|at|on|for|with|from|of)\b)[\w-]+ ){0,3}(?P<noun>[a-z][\w-]*))[.!]?$"
 )
 _WEEKDAYS = "Monday|Tuesday|Wednesday|Thursday|Friday|Saturday|Sunday"
 _MONTHS = "January|February|March|April|May|June|July|August|September|October|November|December"

@@ -64,7 +64,8 @@ def nearest(gold: CorpusChunk, chunks: Sequence[CorpusChunk], n: int) -> list[Co
 def without_gold(candidates: Sequence[Candidate], share: float, seed: int = 0) -> set[int]:
     """The indexes of the `share` of the candidates (rounded) asked without their gold passage,
     picked by a hash of each question. A draw per question left it to chance: a user's 5 drew 2,
-    its only process among them, where 20% is 1."""
+    its only process among them, where 20% is 1. (A question with no distractor to show keeps
+    its gold passage: a prompt of no passages teaches nothing about passages.)"""
     count = math.floor(share * len(candidates) + 0.5)
     ranked = sorted(
         range(len(candidates)),
