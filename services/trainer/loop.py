@@ -153,7 +153,7 @@ class AdapterTraining:
                     "lower the learning rate and ask again",
                     {"nan_step": float(step), "steps": float(hp.steps)},
                 )
-            part_loss.backward()
+            torch.autograd.backward(part_loss)
         torch.nn.utils.clip_grad_norm_(self.params, hp.max_grad_norm)
         try:
             self.optimizer.step()

@@ -229,8 +229,8 @@ def test_the_learned_token_loss_and_micro_batches_give_transformers_loss_and_the
     model.eval()  # dropout off, so the passes compared see the same function; gradients still flow
     samples = []
     for n, learned in [(40, 6), (25, 25), (12, 3), (33, 10)]:  # lengths differ: padded rows too
-        ids = torch.randint(100, 20000, (n,)).tolist()
-        samples.append(Sample(ids, [IGNORE] * (n - learned) + ids[n - learned :], "example"))
+        ids = tuple(int(i) for i in torch.randint(100, 20000, (n,)))
+        samples.append(Sample(ids, (IGNORE,) * (n - learned) + ids[n - learned :], "example"))
     batch = collate(samples, pad_id=0)
     params = [p for p in model.parameters() if p.requires_grad]
 
@@ -251,7 +251,7 @@ def test_the_learned_token_loss_and_micro_batches_give_transformers_loss_and_the
     total = 0.0
     for part in parts:
         loss = loop.learned_loss(model, part) / count
-        loss.backward()
+        torch.autograd.backward(loss)
         total += float(loss.detach())
     assert total == pytest.approx(float(reference), rel=1e-4)
     for got, want in zip(gradient(), whole, strict=True):  # fp32 sums in another order: 1e-3 of the scale
