@@ -330,6 +330,19 @@ class Batch:
         return Batch(self.input_ids.to(device), self.attention_mask.to(device), self.labels.to(device))
 
 
+def length_runs(lengths: Sequence[int], max_tokens: int) -> list[list[int]]:
+    """Indexes in ascending length, in runs of at most `max_tokens` tokens each (rows x the run's
+    widest, padding included); at least one index per run."""
+    runs: list[list[int]] = []
+    for i in sorted(range(len(lengths)), key=lambda i: lengths[i]):
+        # Ascending lengths: the newest index is the widest, so it sets the run's padded width.
+        if runs and (len(runs[-1]) + 1) * lengths[i] <= max_tokens:
+            runs[-1].append(i)
+        else:
+            runs.append([i])
+    return runs
+
+
 def collate(samples: Sequence[Sample], pad_id: int) -> Batch:
     width = max(len(s.input_ids) for s in samples)
     ids = torch.full((len(samples), width), pad_id, dtype=torch.long)

@@ -9,23 +9,13 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from loraswarm.services.trainer.dataset import IGNORE, Batch, Sample, collate
+from loraswarm.services.trainer.dataset import IGNORE, Batch, Sample, collate, length_runs
 
 
 def _batches(samples: Sequence[Sample], batch_tokens: int, pad_id: int) -> list[tuple[list[int], Batch]]:
     """Length-sorted batches of at most `batch_tokens` tokens (padding included), with the samples' indices."""
-    order = sorted(range(len(samples)), key=lambda i: len(samples[i].input_ids))
-    out: list[tuple[list[int], Batch]] = []
-    group: list[int] = []
-    for i in order:
-        # Ascending lengths: the newest sample is the widest, so it sets the padded width.
-        if group and (len(group) + 1) * len(samples[i].input_ids) > batch_tokens:
-            out.append((group, collate([samples[j] for j in group], pad_id)))
-            group = []
-        group.append(i)
-    if group:
-        out.append((group, collate([samples[j] for j in group], pad_id)))
-    return out
+    runs = length_runs([len(s.input_ids) for s in samples], batch_tokens)
+    return [(run, collate([samples[j] for j in run], pad_id)) for run in runs]
 
 
 @torch.no_grad()

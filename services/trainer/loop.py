@@ -27,7 +27,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from loraswarm.services.trainer.dataset import IGNORE, Batch
+from loraswarm.services.trainer.dataset import IGNORE, Batch, length_runs
 from loraswarm.services.trainer.errors import NonFiniteLoss
 from loraswarm.shared.models import native_cpu_bf16
 from loraswarm.shared.settings.trainer import Hyperparameters
@@ -64,13 +64,7 @@ def micro_batches(batch: Batch, max_tokens: int) -> list[Batch]:
     """The batch's rows in runs of at most `max_tokens` tokens each (rows x their padded width),
     each run cut to its own widest row; at least one row per run."""
     lengths = batch.attention_mask.sum(dim=1).tolist()  # (B,)
-    runs: list[list[int]] = []
-    for row in sorted(range(len(lengths)), key=lambda r: lengths[r]):
-        # Ascending lengths: the newest row is the widest, so it sets the run's padded width.
-        if runs and (len(runs[-1]) + 1) * lengths[row] <= max_tokens:
-            runs[-1].append(row)
-        else:
-            runs.append([row])
+    runs = length_runs(lengths, max_tokens)
     out = []
     for rows in runs:
         index = torch.tensor(rows)

@@ -85,8 +85,8 @@ def raft_example(
     shape: RaftShape = "specialist",
 ) -> BuiltExample:
     """One retrieval-aware example for a grounded candidate; distractors are chunks of the same
-    scope, among those a retriever would put beside it (`nearest`), that do not state its answer (so an example
-    "without gold" really lacks it)."""
+    scope, among those a retriever would put beside it (`nearest`), that do not state its answer
+    (so an example "without gold" really lacks it)."""
     rng = _rng(str(seed), candidate.question, chunk_key(candidate.chunk))
     gold = candidate.chunk
     others = [
