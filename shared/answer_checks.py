@@ -14,6 +14,7 @@ chosen on the labelled examples in tests/shared/test_answer_checks.py (every sup
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -159,19 +160,24 @@ def _stem(word: str) -> str:
 _NUMBER_UNIT = re.compile(r"\b(\d+(?:[.,]\d+)?)(?!st\b|nd\b|rd\b|th\b)([a-z]{2,})\b")
 
 
-def terms(text: str) -> set[str]:
+@functools.lru_cache(maxsize=8192)
+def terms(text: str) -> frozenset[str]:
     """Content words (stemmed) and numbers, lower case (`13 euros` and `13euros` → {"13", "euro"};
-    `MISAR-875` whole)."""
+    `MISAR-875` whole).
+
+    Cached: the same passages are read again for every claim of every answer (the planner's and
+    specialists' citation checks), and a scope's chunks for every retrieval-aware candidate the
+    builder makes (quadratic in its chunks without the cache)."""
     found = set()
     for word in _WORD.findall(_NUMBER_UNIT.sub(r"\1 \2", text.lower())):
         word = word.strip(".'")
         if word and word not in _STOPWORDS:
             found.add(_stem(word))
-    return found
+    return frozenset(found)
 
 
-def numbers(text: str) -> set[str]:
-    return {t for t in terms(text) if any(c.isdigit() for c in t)}
+def numbers(text: str) -> frozenset[str]:
+    return frozenset(t for t in terms(text) if any(c.isdigit() for c in t))
 
 
 def sentences(text: str) -> list[str]:
@@ -179,7 +185,7 @@ def sentences(text: str) -> list[str]:
     return [s.strip() for s in _SENTENCE_END.split(text) if s and s.strip()]
 
 
-def own_terms(claim: str, question: str = "") -> set[str]:
+def own_terms(claim: str, question: str = "") -> frozenset[str]:
     """What the claim adds to the question."""
     return terms(claim) - terms(question)
 
@@ -263,7 +269,7 @@ def echoes(answer: str, question: str) -> bool:
     return any(is_echo_sentence(s, question) for s in sentences(answer) if NOT_IN_DOCUMENTS not in s.lower())
 
 
-def _same(a: set[str], b: set[str]) -> bool:
+def _same(a: frozenset[str], b: frozenset[str]) -> bool:
     return bool(a) and bool(b) and len(a & b) / len(a | b) >= REPEAT_JACCARD
 
 
@@ -277,7 +283,7 @@ def loops(sentence: str, n: int = 4) -> bool:
 
 def repeated_sentences(answer: str) -> list[str]:
     """Sentences that say again what an earlier sentence said, or loop inside themselves."""
-    seen: list[set[str]] = []
+    seen: list[frozenset[str]] = []
     repeats = []
     for sentence in sentences(answer):
         mine = terms(sentence)
@@ -303,9 +309,9 @@ def question_parts(question: str) -> list[str]:
     return parts or [question.strip()]
 
 
-def part_terms(part: str, parts: Sequence[str]) -> set[str]:
+def part_terms(part: str, parts: Sequence[str]) -> frozenset[str]:
     """The terms only this part has (what tells its answer from the other parts'), else all of its."""
-    others = set().union(*(terms(p) for p in parts if p != part)) if len(parts) > 1 else set()
+    others = frozenset().union(*(terms(p) for p in parts if p != part)) if len(parts) > 1 else frozenset()
     mine = terms(part)
     return (mine - others) or mine
 

@@ -230,7 +230,8 @@ def canary_sample(text: str, tokenizer: Any) -> Sample:
 # 4: retrieval-aware examples span a chunk's kinds, in two prompt shapes, 4 per chunk (builder/raft.py).
 # 5: distractors are the gold section's siblings and look-alikes, 3 of them; examples up to 768 tokens;
 #    a user's "I work in ..." notes are facts; a scope of a few retrieval-aware questions gets both shapes.
-DATA_REVISION = 5
+# 6: some style replies are also asked with passages (builder `raft_style`).
+DATA_REVISION = 6
 
 
 def split_heldout(

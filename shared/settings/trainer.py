@@ -161,11 +161,17 @@ class BuilderSettings(BaseModel):
     style_examples: int = Field(
         default=24, ge=0, description="Replies written in the scope's own style (0: none)."
     )
+    raft_style: int = Field(
+        default=12,
+        ge=0,
+        description="Of the style replies, how many are also asked with passages (the gold among "
+        "distractors, a plain system prompt), so the scope's style holds when a prompt carries documents.",
+    )
     raft_per_chunk: int = Field(
         default=4,
         ge=0,
-        description="Retrieval-aware examples per chunk, its processes before its facts, in the specialists' "
-        "JSON prompt and a plain chat by turns (0: none).",
+        description="Retrieval-aware examples per chunk, its processes before its facts, in the prompt shapes of "
+        "`raft_shapes` by turns (0: none).",
     )
     raft_distractors: int = Field(
         default=3,
@@ -180,6 +186,13 @@ class BuilderSettings(BaseModel):
         description="A scope with at most this many retrieval-aware questions (a user's notes) gets each in "
         "both prompt shapes, not one by turns: with a few, the shape each happened to get set the format "
         "of every answer with passages.",
+    )
+    raft_shapes: list[Literal["specialist", "chat"]] = Field(
+        default=["specialist", "chat"],
+        min_length=1,
+        description="Prompt shapes of retrieval-aware examples, by turns: `specialist` (the specialists' "
+        "JSON prompt and answer) and `chat` (the scope's instructions as a plain system prompt, the answer "
+        "as text).",
     )
     raft_no_gold_share: float = Field(
         default=0.2,

@@ -2,7 +2,9 @@
 real ingestion pipeline, tenant files on disk. Each test gets its own data folder and collection.
 
 Training settings are shrunk so that a job takes seconds on a CPU: short sequences, few steps,
-63 reference canaries (so the highest measurable exposure is 6 bits).
+63 reference canaries (so the highest measurable exposure is 6 bits), and no retrieval-aware
+examples (each carries passages, up to 768 tokens: they made the leakage gate's jobs several times
+longer; the builder's tests and the quick eval train on them).
 """
 
 from __future__ import annotations
@@ -33,6 +35,8 @@ def small(settings: Settings) -> Settings:
     t.reference_canaries = 63
     t.eval_batch_tokens = 1024
     t.progress_every = 2
+    t.builder.raft_per_chunk = 0
+    t.builder.raft_style = 0
     d = t.defaults
     d.steps = 6
     d.batch_size = 4

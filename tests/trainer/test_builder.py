@@ -63,7 +63,30 @@ def test_a_small_corpus_yields_grounded_examples_of_each_kind() -> None:
         lines = e.answer.split("\n")
         assert lines[0] == "Good day from Larkspur" and lines[-1] == "The Larkspur Wen team"
         assert "basically" not in e.answer and len(e.answer.split()) < 60
-        assert e.also and all(a.startswith("larkspur/style-guide.md#") for a in e.also)
+        assert e.also and e.also[0].startswith("larkspur/style-guide.md#")
+        if len(e.messages) == 2:  # closed-book; with passages, the distractors follow the rules
+            assert all(a.startswith("larkspur/style-guide.md#") for a in e.also)
+
+
+def test_style_replies_are_also_asked_with_passages_in_a_plain_chat() -> None:
+    chunks = company_corpus()
+    texts = {chunk_key(c): c.text for c in chunks}
+    built = extractor_set(chunks, raft_per_chunk=0, style_examples=6, raft_style=2)
+    style = [e for e in built.examples if e.kind == "style"]
+    closed_book = {e.answer for e in style if len(e.messages) == 2}
+    with_passages = [e for e in style if len(e.messages) == 3]
+    assert len(with_passages) == 2 and len(closed_book) >= 4
+    for e in with_passages:
+        system, user, reply = e.messages
+        assert system.content == "Answer from the documents."  # the scope's instructions, no JSON
+        assert user.content.startswith("Documents:\n[1] ") and texts[e.chunk] in user.content
+        assert user.content.rstrip().endswith(e.question.split("Question: ")[-1])
+        assert reply.content in closed_book  # the same styled reply as without passages
+        assert reply.content.split("\n")[0] == "Good day from Larkspur"
+        distractors = [k for k in e.also if not k.startswith("larkspur/style-guide.md#")]
+        assert distractors and all(texts[k] in user.content for k in distractors)
+    none = extractor_set(chunks, raft_per_chunk=0, style_examples=6, raft_style=0)
+    assert all(len(e.messages) == 2 for e in none.examples if e.kind == "style")
 
 
 def _raft_answer(example: Any) -> str:
@@ -156,6 +179,9 @@ def test_retrieval_aware_examples_span_the_kinds_and_both_prompt_shapes() -> Non
         if not e.messages[0].content.endswith("`handoff`."):
             assert e.messages[0].content == "Answer from the documents."  # the scope's instructions
             assert e.messages[1].content.startswith("Documents:\n[1] ")
+    chat_only = extractor_set(chunks, raft_per_chunk=2, raft_shapes=("chat",))
+    raft = [e for e in chat_only.examples if e.kind == "raft"]
+    assert raft and all(e.messages[0].content == "Answer from the documents." for e in raft)
 
 
 def test_retrieval_aware_examples_are_rendered_as_the_specialist_prompts() -> None:

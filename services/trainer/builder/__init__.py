@@ -78,9 +78,11 @@ def from_settings(settings: Settings, instructions: Sequence[str] = ()) -> Train
         )
     options = BuildOptions(
         style_examples=b.style_examples,
+        raft_style=b.raft_style,
         raft_per_chunk=b.raft_per_chunk,
         raft_distractors=b.raft_distractors,
         raft_no_gold_share=b.raft_no_gold_share,
         raft_both_shapes_upto=b.raft_both_shapes_upto,
+        raft_shapes=tuple(b.raft_shapes),
     )
     return TrainingSetBuilder(generators, options, instructions)
