@@ -107,6 +107,8 @@ class _Chunks:
 def test_the_trainer_trains_on_built_examples_with_raw_text_in_the_mix(
     trainer_settings: Any, base_models: Any
 ) -> None:
+    b = trainer_settings.trainer.builder
+    b.raft_per_chunk, b.raft_style = 4, 12  # the defaults (the trainer tests' small settings build none)
     trainer = Trainer(trainer_settings, corpus=_Chunks(company_corpus()), base=base_models)
     request = AdapterTrainRequested(tenant_id="larkspur", name="company")
     job = _Job(request, Scope("larkspur"), trainer_settings.trainer.defaults, _quiet, None)
