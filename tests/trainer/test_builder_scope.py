@@ -15,6 +15,7 @@ from loraswarm.services.trainer.corpus import CorpusChunk
 from loraswarm.services.trainer.pipeline import Trainer, _Job, _quiet
 from loraswarm.services.trainer.scope import Scope
 from loraswarm.shared.events import AdapterTrainRequested
+from loraswarm.shared.settings.trainer import BuilderSettings
 from tests.trainer.builder_corpus import POLICIES, company_corpus
 from tests.trainer.conftest import document
 
@@ -107,8 +108,9 @@ class _Chunks:
 def test_the_trainer_trains_on_built_examples_with_raw_text_in_the_mix(
     trainer_settings: Any, base_models: Any
 ) -> None:
-    b = trainer_settings.trainer.builder
-    b.raft_per_chunk, b.raft_style = 4, 12  # the defaults (the trainer tests' small settings build none)
+    # The defaults: the trainer tests' small settings build no retrieval-aware examples.
+    b, defaults = trainer_settings.trainer.builder, BuilderSettings()
+    b.raft_per_chunk, b.raft_style = defaults.raft_per_chunk, defaults.raft_style
     trainer = Trainer(trainer_settings, corpus=_Chunks(company_corpus()), base=base_models)
     request = AdapterTrainRequested(tenant_id="larkspur", name="company")
     job = _Job(request, Scope("larkspur"), trainer_settings.trainer.defaults, _quiet, None)
