@@ -13,7 +13,6 @@ from transformers import AutoTokenizer
 from loraswarm.services.specialist.agent import build_prompt
 from loraswarm.services.trainer.builder import (
     KINDS,
-    BuildOptions,
     Candidate,
     GeneratorOutput,
     StructureExtractor,
@@ -27,6 +26,7 @@ from loraswarm.shared.answer_checks import supported_by, ungrounded_claims
 from loraswarm.shared.events import Document, Passage
 from loraswarm.shared.prompts import specialist_prompt
 from loraswarm.shared.settings import Settings
+from loraswarm.shared.settings.trainer import BuilderSettings
 from tests.ingestion.samples import pdf_with_text
 from tests.specialist.test_handoff import POLICY, task
 from tests.trainer.builder_corpus import POLICIES, chunks_of, company_corpus, doc
@@ -34,7 +34,7 @@ from tests.trainer.builder_corpus import POLICIES, chunks_of, company_corpus, do
 
 def extractor_set(chunks: list[CorpusChunk], **options: Any) -> Any:
     return TrainingSetBuilder(
-        [StructureExtractor()], BuildOptions(**options), ["Answer from the documents."]
+        [StructureExtractor()], BuilderSettings(**options), ["Answer from the documents."]
     ).build(chunks)
 
 
@@ -239,7 +239,7 @@ def test_an_ungrounded_generated_answer_is_dropped_and_counted_by_reason() -> No
         ],
         {"timeout": 1},
     )
-    built = TrainingSetBuilder([generator], BuildOptions(style_examples=0, raft_per_chunk=0)).build(chunks)
+    built = TrainingSetBuilder([generator], BuilderSettings(style_examples=0, raft_per_chunk=0)).build(chunks)
     assert [e.answer for e in built.examples] == ["Standard shipping at Larkspur costs 17 euros."]
     assert built.dropped() == {("fact", "ungrounded"): 2, ("fact", "adds nothing to the question"): 1}
     assert built.failures == {"scripted: timeout": 1}

@@ -20,11 +20,12 @@ from openai.lib._pydantic import _ensure_strict_json_schema
 
 from loraswarm.services.model_server.api import create_app
 from loraswarm.services.model_server.server import ModelServer
-from loraswarm.services.trainer.builder import BuildOptions, LLMGenerator, TrainingSetBuilder
+from loraswarm.services.trainer.builder import LLMGenerator, TrainingSetBuilder
 from loraswarm.services.trainer.builder.llm import pairs_schema
 from loraswarm.services.trainer.corpus import CorpusChunk
 from loraswarm.shared.answer_checks import ungrounded_claims
 from loraswarm.shared.settings import ModelServerSettings, Settings
+from loraswarm.shared.settings.trainer import BuilderSettings
 from tests.planner.test_strict_schemas import problems
 from tests.processes import free_port
 
@@ -113,7 +114,7 @@ def test_bad_generator_output_is_counted_and_skipped_and_the_job_goes_on(endpoin
         CorpusChunk(f"fees-{name}.md", 0, "v", "company", f"Fees case-{name}\n{FACT}") for name in CASES
     ]
     generator = LLMGenerator.connect(endpoint, "k", "gpt-4o-mini", timeout_s=1.0)
-    built = TrainingSetBuilder([generator], BuildOptions(style_examples=0, raft_per_chunk=0)).build(chunks)
+    built = TrainingSetBuilder([generator], BuilderSettings(style_examples=0, raft_per_chunk=0)).build(chunks)
     assert dict(built.failures) == {
         "llm: not JSON": 1,
         "llm: empty": 2,
@@ -159,7 +160,7 @@ def test_the_llm_generator_against_the_real_model_server(model_server: str) -> N
         CorpusChunk("office.md", 0, "v", "company", "Office\nThe head office of Larkspur is in Trieste."),
     ]
     generator = LLMGenerator.connect(model_server, "not-needed", "tgi", max_tokens=96, timeout_s=300)
-    built = TrainingSetBuilder([generator], BuildOptions(style_examples=0, raft_per_chunk=0)).build(chunks)
+    built = TrainingSetBuilder([generator], BuilderSettings(style_examples=0, raft_per_chunk=0)).build(chunks)
     # The 135M model answers within the schema (the server enforces it); whatever it wrote is
     # either kept grounded, dropped with a reason, or counted as a failure — nothing else.
     assert all(k.startswith("llm: ") for k in built.failures)

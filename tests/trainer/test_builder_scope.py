@@ -10,7 +10,7 @@ from typing import Any
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from loraswarm.services.trainer.builder import BuildOptions, StructureExtractor, TrainingSetBuilder
+from loraswarm.services.trainer.builder import StructureExtractor, TrainingSetBuilder
 from loraswarm.services.trainer.corpus import CorpusChunk
 from loraswarm.services.trainer.pipeline import Trainer, _Job, _quiet
 from loraswarm.services.trainer.scope import Scope
@@ -54,7 +54,7 @@ def _everything(built: Any) -> str:
 @settings(max_examples=30, deadline=None)
 @given(company=scope_text("COMPANY"), ana=scope_text("ANAPRIV"), ben=scope_text("BENPRIV"))
 def test_a_scopes_set_never_contains_another_scopes_text(company: str, ana: str, ben: str) -> None:
-    builder = TrainingSetBuilder([StructureExtractor()], BuildOptions(raft_per_chunk=2, style_examples=4))
+    builder = TrainingSetBuilder([StructureExtractor()], BuilderSettings(raft_per_chunk=2, style_examples=4))
     scopes = {
         "COMPANY": _chunks("acme/company", "company", company),
         "ANAPRIV": _chunks("acme/users/ana", "user:ana", ana),

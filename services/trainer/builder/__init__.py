@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from loraswarm.services.trainer.builder.build import BuildOptions, TrainingSetBuilder, ground
+from loraswarm.services.trainer.builder.build import TrainingSetBuilder, ground
 from loraswarm.services.trainer.builder.extractor import StructureExtractor
 from loraswarm.services.trainer.builder.llm import LLMGenerator
 from loraswarm.services.trainer.builder.model import (
@@ -32,7 +32,6 @@ from loraswarm.shared.settings import Settings
 
 __all__ = [
     "KINDS",
-    "BuildOptions",
     "BuiltExample",
     "BuiltSet",
     "Candidate",
@@ -76,13 +75,4 @@ def from_settings(settings: Settings, instructions: Sequence[str] = ()) -> Train
                 timeout_s=b.llm_timeout_s,
             )
         )
-    options = BuildOptions(
-        style_examples=b.style_examples,
-        raft_style=b.raft_style,
-        raft_per_chunk=b.raft_per_chunk,
-        raft_distractors=b.raft_distractors,
-        raft_no_gold_share=b.raft_no_gold_share,
-        raft_both_shapes_upto=b.raft_both_shapes_upto,
-        raft_shapes=tuple(b.raft_shapes),
-    )
-    return TrainingSetBuilder(generators, options, instructions)
+    return TrainingSetBuilder(generators, b, instructions)

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import replace
 
 from loraswarm.services.trainer.builder.model import (
     BuiltExample,
@@ -25,24 +25,12 @@ from loraswarm.services.trainer.builder.model import (
     Generator,
     chunk_key,
 )
-from loraswarm.services.trainer.builder.raft import RaftShape, raft_example, without_gold
+from loraswarm.services.trainer.builder.raft import raft_example, without_gold
 from loraswarm.services.trainer.builder.style import breaks_rules, read_rules, style_sources, styled
 from loraswarm.services.trainer.corpus import CorpusChunk
 from loraswarm.services.trainer.examples import Message
 from loraswarm.shared.answer_checks import claims, own_terms, ungrounded_claims
-
-
-@dataclass(frozen=True)
-class BuildOptions:
-    style_examples: int = 24
-    raft_style: int = 12
-    raft_per_chunk: int = 4
-    raft_distractors: int = 3
-    raft_no_gold_share: float = 0.2
-    raft_both_shapes_upto: int = 12
-    raft_shapes: tuple[RaftShape, ...] = ("specialist", "chat")
-    seed: int = 0
-
+from loraswarm.shared.settings.trainer import BuilderSettings
 
 _STYLE_ASKS = ("Write a short reply to a customer who asks: {q}", "A customer asks: {q} Write the reply.")
 
@@ -65,16 +53,20 @@ def _pair(
 
 
 class TrainingSetBuilder:
-    """Builds one scope's examples with the given generators (see the module docstring)."""
+    """Builds one scope's examples with the given generators (see the module docstring); what
+    and how many it derives are the trainer's `builder` settings, their defaults where none are given."""
 
     def __init__(
         self,
         generators: Sequence[Generator],
-        options: BuildOptions | None = None,
+        options: BuilderSettings | None = None,
         instructions: Sequence[str] = (),
+        *,
+        seed: int = 0,
     ) -> None:
         self.generators = list(generators)
-        self.options = options or BuildOptions()
+        self.options = options or BuilderSettings()
+        self.seed = seed  # of the distractors' draw and of which questions go without gold
         self.instructions = list(instructions)  # the scope's specialists' system prompts (RAFT)
 
     def build(self, chunks: Sequence[CorpusChunk]) -> BuiltSet:
@@ -158,7 +150,12 @@ class TrainingSetBuilder:
         example (BENCHMARKS.md, personalization-medium: style with passages 0.51, RAG's 0.53)."""
         o = self.options
         made = raft_example(
-            styled_reply, chunks, self.instructions, distractors=o.raft_distractors, seed=o.seed, shape="chat"
+            styled_reply,
+            chunks,
+            self.instructions,
+            distractors=o.raft_distractors,
+            seed=self.seed,
+            shape="chat",
         )
         return replace(made, kind="style", also=sources + made.also)
 
@@ -173,14 +170,14 @@ class TrainingSetBuilder:
             return
         picked = _raft_candidates(kept, o.raft_per_chunk)
         both = len(picked) <= o.raft_both_shapes_upto
-        lacking = without_gold(picked, o.raft_no_gold_share, o.seed)
+        lacking = without_gold(picked, o.raft_no_gold_share, self.seed)
         for made, candidate in enumerate(picked):
             shapes = o.raft_shapes if both else (o.raft_shapes[made % len(o.raft_shapes)],)
             for shape in shapes:
                 out.examples.append(
                     raft_example(
                         candidate, chunks, self.instructions,
-                        distractors=o.raft_distractors, with_gold=made not in lacking, seed=o.seed,
+                        distractors=o.raft_distractors, with_gold=made not in lacking, seed=self.seed,
                         shape=shape,
                     )
                 )  # fmt: skip
