@@ -231,7 +231,8 @@ def canary_sample(text: str, tokenizer: Any) -> Sample:
 # 5: distractors are the gold section's siblings and look-alikes, 3 of them; examples up to 768 tokens;
 #    a user's "I work in ..." notes are facts; a scope of a few retrieval-aware questions gets both shapes.
 # 6: some style replies are also asked with passages (builder `raft_style`).
-DATA_REVISION = 6
+# 7: a question asked without its gold passage is asked with it too.
+DATA_REVISION = 7
 
 
 def split_heldout(

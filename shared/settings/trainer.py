@@ -198,8 +198,8 @@ class BuilderSettings(BaseModel):
         default=0.2,
         ge=0,
         le=1,
-        description="Share of a scope's retrieval-aware questions (rounded; picked by a hash of each) asked "
-        "without the gold passage (answer: not in the documents).",
+        description="Share of a scope's retrieval-aware questions (rounded; picked by a hash of each) also "
+        "asked without the gold passage (answer: not in the documents); every one is asked with it.",
     )
     # 448 dropped 11 of a generated company's 29 retrieval-aware examples (its processes among
     # them); with 3 distractors they run to about 700 tokens in the specialists' prompt.

@@ -13,6 +13,7 @@ from transformers import AutoTokenizer
 from loraswarm.services.specialist.agent import build_prompt
 from loraswarm.services.trainer.builder import (
     KINDS,
+    BuiltExample,
     Candidate,
     GeneratorOutput,
     StructureExtractor,
@@ -100,6 +101,10 @@ def _raft_answer(example: Any) -> str:
     return str(assistant.content)
 
 
+def _question(example: BuiltExample) -> str:
+    return example.messages[1].content.rsplit("Question: ", 1)[1]
+
+
 def test_retrieval_aware_examples_hold_gold_among_same_scope_distractors_and_some_without_it() -> None:
     chunks = company_corpus()
     texts = {chunk_key(c): c.text for c in chunks}
@@ -121,6 +126,10 @@ def test_retrieval_aware_examples_hold_gold_among_same_scope_distractors_and_som
             without += 1
             assert answer == NOT_FOUND_ANSWER
     assert 0 < without < len(raft) / 2
+    # A question asked without its gold passage is asked with it too: asked only without it, a
+    # user's one checklist was never trained with its passage.
+    asked = {(_question(e), _raft_answer(e) == NOT_FOUND_ANSWER) for e in raft}
+    assert all((question, False) in asked for question, lacking in asked if lacking)
 
 
 _PROCESS_LINES = """Booking travel: Reserve the hotel, Upload the receipts, Book through the portal, Ask the manager
@@ -308,6 +317,7 @@ def test_a_user_set_speaks_to_the_user_and_keeps_their_own_style() -> None:
     specialist = [e for e in raft if e.messages[0].content.endswith("`handoff`.")]
     assert len(specialist) == len(raft) / 2
     lacking = sum(_raft_answer(e) == NOT_FOUND_ANSWER for e in specialist)
-    assert lacking == int(0.2 * len(specialist) + 0.5)
+    assert lacking == int(0.2 * (len(specialist) - lacking) + 0.5) > 0
+    assert len({_question(e) for e in specialist}) == len(specialist) - lacking  # each also with gold
     style = [e for e in built.examples if e.kind == "style"]
     assert style and all(e.answer.startswith("- ") and e.answer.endswith("Cheers, Ana") for e in style)

@@ -16,6 +16,7 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 from dataclasses import replace
+from itertools import product
 
 from loraswarm.services.trainer.builder.model import (
     BuiltExample,
@@ -25,7 +26,7 @@ from loraswarm.services.trainer.builder.model import (
     Generator,
     chunk_key,
 )
-from loraswarm.services.trainer.builder.raft import raft_example, without_gold
+from loraswarm.services.trainer.builder.raft import NOT_FOUND_ANSWER, raft_example, without_gold
 from loraswarm.services.trainer.builder.style import breaks_rules, read_rules, style_sources, styled
 from loraswarm.services.trainer.corpus import CorpusChunk
 from loraswarm.services.trainer.examples import Message
@@ -164,7 +165,13 @@ class TrainingSetBuilder:
         `raft_both_shapes_upto` of them (a user's notes) gets each in both. With a user's 5, the
         shape each question happened to get decided the adapter's format: stacked on its
         company's, it answered 4 of 6 of its user's questions in JSON in a plain chat with
-        passages (BENCHMARKS.md, personalization-medium)."""
+        passages (BENCHMARKS.md, personalization-medium).
+
+        Every picked question is asked with its gold passage; the `raft_no_gold_share` of them
+        are asked once more without it ("not in the documents"). Asked only without it, a
+        question was never trained with its passage: a user's one checklist drew the lot, and
+        both users' adapters answered "not in the documents" to their checklist with it in the
+        prompt (BENCHMARKS.md, personalization-medium, seed 1)."""
         o = self.options
         if not o.raft_per_chunk:
             return
@@ -173,14 +180,13 @@ class TrainingSetBuilder:
         lacking = without_gold(picked, o.raft_no_gold_share, self.seed)
         for made, candidate in enumerate(picked):
             shapes = o.raft_shapes if both else (o.raft_shapes[made % len(o.raft_shapes)],)
-            for shape in shapes:
-                out.examples.append(
-                    raft_example(
-                        candidate, chunks, self.instructions,
-                        distractors=o.raft_distractors, with_gold=made not in lacking, seed=self.seed,
-                        shape=shape,
-                    )
+            for shape, with_gold in product(shapes, (True, False) if made in lacking else (True,)):
+                example = raft_example(
+                    candidate, chunks, self.instructions,
+                    distractors=o.raft_distractors, with_gold=with_gold, seed=self.seed, shape=shape,
                 )  # fmt: skip
+                if with_gold or NOT_FOUND_ANSWER in example.messages[-1].content:
+                    out.examples.append(example)  # (no distractor to show: no second, same example)
 
 
 def _raft_candidates(kept: Sequence[Candidate], per_chunk: int) -> list[Candidate]:

@@ -1,6 +1,6 @@
 """Retrieval-aware examples (RAFT, Zhang et al. 2024): the question with passages, the gold chunk
 among distractors of the same scope → an answer that uses the gold passage; `no_gold_share` of
-the scope's questions (`without_gold`) without the gold chunk → "not in the documents".
+the scope's questions (`without_gold`) also asked without the gold chunk → "not in the documents".
 
 Two shapes, alternating, with the same user turn (`specialist_messages`: "Documents: [1] …
 Question: …"):
@@ -62,7 +62,7 @@ def nearest(gold: CorpusChunk, chunks: Sequence[CorpusChunk], n: int) -> list[Co
 
 
 def without_gold(candidates: Sequence[Candidate], share: float, seed: int = 0) -> set[int]:
-    """The indexes of the `share` of the candidates (rounded) asked without their gold passage,
+    """The indexes of the `share` of the candidates (rounded) also asked without their gold passage,
     picked by a hash of each question. A draw per question left it to chance: a user's 5 drew 2,
     its only process among them, where 20% is 1. (A question with no distractor to show keeps
     its gold passage: a prompt of no passages teaches nothing about passages.)"""
