@@ -5,10 +5,12 @@ Two runs on a fresh one-partition topic each, on the same broker in the same pro
 - baseline: a bare aiokafka producer and consumer (no validation, no policy, auto-commit off,
   one commit at the end) — what Kafka itself costs on this machine;
 - loraswarm: `EventBus.publish` → `EventBus.consumer` handler, with the whole consumer policy
-  (decode + pydantic validation, processed-id store, commit after handling).
+  (decode + pydantic validation, processed-id store, commit after handling), in a process set
+  up as `loraswarm serve` sets up a service (its imports' objects frozen: shared/gc_freeze.py);
+- the same EventBus with those objects unfrozen: every service's process before the freeze.
 
 Each run measures throughput (a burst of N events, first send to last handled) and hop latency
-(N events paced at a fixed rate, handled-time minus send-time, p50/p99). The two runs alternate
+(N events paced at a fixed rate, handled-time minus send-time, p50/p99). The runs alternate
 for a few rounds and each figure is the median over them, the ratio the median of each round's
 own ratio: on a machine shared with other work one baseline run alone was seen at 15,000 and at
 33,000 events/s within minutes.
@@ -17,6 +19,7 @@ own ratio: on a machine shared with other work one baseline run alone was seen a
 from __future__ import annotations
 
 import asyncio
+import gc
 import statistics
 import time
 import uuid
@@ -28,6 +31,7 @@ from loraswarm.bench.machine import describe
 from loraswarm.bench.report import percentile, write_section
 from loraswarm.shared.bus import EventBus
 from loraswarm.shared.events import RetrievalRequested
+from loraswarm.shared.gc_freeze import freeze_startup_objects
 from loraswarm.shared.kafka_client import delete_topics, ensure_topics
 from loraswarm.shared.settings import Settings
 
@@ -159,10 +163,25 @@ async def bench_baseline(settings: Settings, n: int, rate: float) -> HopResult:
     return _result("bare aiokafka (baseline)", burst, paced)
 
 
-async def bench_loraswarm(settings: Settings, n: int, rate: float, data_dir: Path) -> HopResult:
-    burst = await _loraswarm_phase(settings, n, rate, False, data_dir)
-    paced = await _loraswarm_phase(settings, n, rate, True, data_dir)
-    return _result("loraswarm EventBus (policy on)", burst, paced)
+FROZEN = "loraswarm EventBus (policy on)"
+NOT_FROZEN = "loraswarm EventBus, startup objects not frozen"
+
+
+async def bench_loraswarm(
+    settings: Settings, n: int, rate: float, data_dir: Path, *, frozen: bool = True
+) -> HopResult:
+    """The EventBus in this process as `loraswarm serve` sets a service's up (the objects of its
+    imports frozen, shared/gc_freeze.py), or with them back in the collector's walk (`frozen`
+    False): the process every service ran before the freeze, measured in the same round."""
+    if not frozen:
+        gc.unfreeze()
+    try:
+        burst = await _loraswarm_phase(settings, n, rate, False, data_dir)
+        paced = await _loraswarm_phase(settings, n, rate, True, data_dir)
+    finally:
+        if not frozen:
+            freeze_startup_objects()
+    return _result(FROZEN if frozen else NOT_FROZEN, burst, paced)
 
 
 def _median(values: list[float]) -> float:
@@ -170,28 +189,31 @@ def _median(values: list[float]) -> float:
 
 
 def over_rounds(rounds: list[list[HopResult]]) -> list[HopResult]:
-    """Each path's medians over the rounds; the loraswarm row carries each round's ratio."""
-    ratios = tuple(r[1].events_per_s / r[0].events_per_s for r in rounds)
+    """Each path's medians over the rounds; every path after the baseline (the first) carries
+    each round's ratio to that round's baseline."""
     return [
         HopResult(
             rounds[0][i].name,
             _median([r[i].events_per_s for r in rounds]),
             _median([r[i].p50_ms for r in rounds]),
             _median([r[i].p99_ms for r in rounds]),
-            ratios if i == 1 else (),
+            tuple(r[i].events_per_s / r[0].events_per_s for r in rounds) if i else (),
         )
-        for i in range(2)
+        for i in range(len(rounds[0]))
     ]
 
 
 def markdown(results: list[HopResult], n: int, rate: float, bootstrap: str) -> str:
-    base, bus = results
+    base, bus = results[0], results[1]
     ratios = bus.ratios or (bus.events_per_s / base.events_per_s,)
     rows = [
         "| path | events/s (burst) | × baseline | hop p50 (ms) | hop p99 (ms) |",
         "|---|---:|---:|---:|---:|",
         f"| {base.name} | {base.events_per_s:,.0f} | 1.00 | {base.p50_ms:.2f} | {base.p99_ms:.2f} |",
-        f"| {bus.name} | {bus.events_per_s:,.0f} | {_median(list(ratios)):.2f} | {bus.p50_ms:.2f} | {bus.p99_ms:.2f} |",
+    ] + [
+        f"| {r.name} | {r.events_per_s:,.0f} | {_median(list(r.ratios or (r.events_per_s / base.events_per_s,))):.2f}"
+        f" | {r.p50_ms:.2f} | {r.p99_ms:.2f} |"
+        for r in results[1:]
     ]
     return "\n".join(
         [
@@ -204,6 +226,9 @@ def markdown(results: list[HopResult], n: int, rate: float, bootstrap: str) -> s
             "the rounds, × baseline the median of each round's own ratio ("
             + ", ".join(f"{r:.2f}" for r in ratios)
             + ").",
+            "The process is set up as `loraswarm serve` sets up a service: the objects of its imports frozen "
+            "out of the garbage collector's walk (shared/gc_freeze.py). The last row is the same EventBus with "
+            "them unfrozen, in the same rounds: every service's process before the freeze.",
             "",
             *rows,
             "",
@@ -214,6 +239,8 @@ def markdown(results: list[HopResult], n: int, rate: float, bootstrap: str) -> s
 async def run(settings: Settings, *, n: int, rate: float, out: Path, rounds: int = 3) -> list[HopResult]:
     import tempfile
 
+    # This process as `loraswarm serve` sets up a service: what its imports made, frozen.
+    freeze_startup_objects()
     # Every topic of this run shares one prefix, deleted at the end.
     prefix = f"{settings.kafka.topic_prefix}bench-{uuid.uuid4().hex[:8]}-"
     settings = settings.model_copy(
@@ -222,7 +249,11 @@ async def run(settings: Settings, *, n: int, rate: float, out: Path, rounds: int
     try:
         with tempfile.TemporaryDirectory() as tmp:
             measured = [
-                [await bench_baseline(settings, n, rate), await bench_loraswarm(settings, n, rate, Path(tmp))]
+                [
+                    await bench_baseline(settings, n, rate),
+                    await bench_loraswarm(settings, n, rate, Path(tmp)),
+                    await bench_loraswarm(settings, n, rate, Path(tmp), frozen=False),
+                ]
                 for _ in range(rounds)
             ]
     finally:

@@ -23,6 +23,7 @@ import typer
 from rich.console import Console
 
 from loraswarm import services
+from loraswarm.shared.gc_freeze import freeze_startup_objects
 from loraswarm.shared.settings import Settings
 from loraswarm.shared.tracing import configure_tracing
 
@@ -38,10 +39,12 @@ async def _run(names: list[str], settings: Settings, host: str, port: int) -> in
     if len(names) > 1:
         # One process, one tracer provider: its spans say `loraswarm`, not the first service's name.
         configure_tracing("loraswarm", settings.tracing)
-    runners: dict[str, asyncio.Task[None]] = {}
-    for name in names:
-        module = importlib.import_module(f"{services.__name__}.{name}.app")
-        runners[name] = asyncio.create_task(module.run(settings, host=host, port=port), name=name)
+    modules = {name: importlib.import_module(f"{services.__name__}.{name}.app") for name in names}
+    freeze_startup_objects()  # the imports' objects, out of every later full collection's walk
+    runners: dict[str, asyncio.Task[None]] = {
+        name: asyncio.create_task(module.run(settings, host=host, port=port), name=name)
+        for name, module in modules.items()
+    }
     # SIGTERM (Kubernetes, Docker, systemd) and SIGINT stop the services the same way: each
     # service's task is cancelled once, so it stops consuming, lets its running handlers finish
     # (or hands them back uncommitted), commits, closes its clients and flushes its spans, within
