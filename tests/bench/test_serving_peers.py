@@ -14,14 +14,16 @@ from pathlib import Path
 
 import pytest
 
-from loraswarm.bench.drive import Outcome, Request, RunResult, count_tokens
+from loraswarm.bench.drive import Request, RunResult, count_tokens
 from loraswarm.bench.peers import Endpoint, Peer, Served, Workload, llama_server_peer, run_peer, vllm_peer
-from loraswarm.bench.serving import AdapterFigures, Options, PeerRows, Report, make_adapters
+from loraswarm.bench.serving import AdapterFigures, Options, PeerRows, make_adapters
 from loraswarm.bench.serving_report import markdown
 from loraswarm.infra.process import InfraError
 from loraswarm.shared import models
 from loraswarm.shared.ports import free_port
 from loraswarm.shared.settings import Settings
+from tests.bench.serving_results import report as serving_report
+from tests.bench.serving_results import run_result as _result
 
 BURST = [Request("Count: 1, 2, 3,", i, 4, 0.0) for i in (0, 1, 0)]
 
@@ -64,24 +66,14 @@ def test_a_peer_that_fails_mid_run_is_missing_too() -> None:
     assert all(r.missing and not r.outcomes for r in rows["burst"])
 
 
-def _result(name: str, step: float) -> RunResult:
-    return RunResult(name, [Outcome(arrival=0.0, tokens=[step * (k + 1) for k in range(10)])], note="n")
-
-
 def test_the_report_carries_peer_rows_and_says_which_are_missing() -> None:
     figures = AdapterFigures([20.0], 1000, 64, 64, 64 << 20, 1 << 20, 1 << 30, 1 << 30, 9.0, 3e8)
     served, base = _result("this server", 0.1), _result("(c) this server, base model only", 0.095)
     missing = "InfraError: `cmake` was not found on PATH"
-    report = Report(
-        Options(),
+    report = serving_report(
         [served, base, _result("a", 1.0), _result("b", 0.3)],
         figures,
-        90.0,
-        3e8,
         2,
-        (1, 1, 1),
-        (1, 1, 1),
-        60.0,
         burst=[served, base],
         peers=[
             PeerRows(

@@ -8,13 +8,14 @@ from loraswarm.bench.drive import Outcome, RunResult
 from loraswarm.bench.serving import (
     AdapterFigures,
     Options,
-    Report,
     _useful,
     burst,
     workload,
 )
 from loraswarm.bench.serving_report import markdown
 from loraswarm.shared.settings import Settings
+from tests.bench.serving_results import report as serving_report
+from tests.bench.serving_results import run_result as run
 
 
 def test_the_workload_is_open_loop_over_distinct_adapters() -> None:
@@ -53,23 +54,10 @@ def test_throughput_counts_tokens_over_the_makespan_of_every_round() -> None:
 
 
 def test_the_report_states_every_goal() -> None:
-    def run(name: str, step: float) -> RunResult:
-        return RunResult(name, [Outcome(arrival=0.0, tokens=[step * (k + 1) for k in range(10)])], note="n")
-
     figures = AdapterFigures(
         [20.0, 30.0], 1000, 64, 64, 64 << 20, 1 << 20, 1 << 30, (1 << 30) + (70 << 20), 9.0, 3e8
     )
-    report = Report(
-        Options(),
-        [run("s", 0.1), run("c", 0.09), run("a", 1.0), run("b", 0.3)],
-        figures,
-        90.0,
-        3e8,
-        1,
-        (1, 1, 1),
-        (1, 1, 1),
-        60.0,
-    )
+    report = serving_report([run("s", 0.1), run("c", 0.09), run("a", 1.0), run("b", 0.3)], figures, 1)
     text = markdown(report)
     for needle in (
         "/ (c) base model only | 0.90 | >= 0.85 | met",
