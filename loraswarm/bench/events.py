@@ -44,7 +44,7 @@ class HopResult:
     events_per_s: float
     p50_ms: float
     p99_ms: float
-    ratios: tuple[float, ...] = ()  # events/s ÷ the baseline's, per round (the loraswarm row)
+    ratios: tuple[float, ...] = ()  # events/s ÷ the baseline's, per round (the EventBus rows)
 
 
 async def _drain(received: dict[str, float], n: int, timeout_s: float) -> None:
@@ -204,15 +204,17 @@ def over_rounds(rounds: list[list[HopResult]]) -> list[HopResult]:
 
 
 def markdown(results: list[HopResult], n: int, rate: float, bootstrap: str) -> str:
-    base, bus = results[0], results[1]
-    ratios = bus.ratios or (bus.events_per_s / base.events_per_s,)
+    base = results[0]
+
+    def ratios(r: HopResult) -> tuple[float, ...]:
+        return r.ratios or (r.events_per_s / base.events_per_s,)
+
     rows = [
         "| path | events/s (burst) | × baseline | hop p50 (ms) | hop p99 (ms) |",
         "|---|---:|---:|---:|---:|",
         f"| {base.name} | {base.events_per_s:,.0f} | 1.00 | {base.p50_ms:.2f} | {base.p99_ms:.2f} |",
     ] + [
-        f"| {r.name} | {r.events_per_s:,.0f} | {_median(list(r.ratios or (r.events_per_s / base.events_per_s,))):.2f}"
-        f" | {r.p50_ms:.2f} | {r.p99_ms:.2f} |"
+        f"| {r.name} | {r.events_per_s:,.0f} | {_median(list(ratios(r))):.2f} | {r.p50_ms:.2f} | {r.p99_ms:.2f} |"
         for r in results[1:]
     ]
     return "\n".join(
@@ -222,9 +224,9 @@ def markdown(results: list[HopResult], n: int, rate: float, bootstrap: str) -> s
             f"Machine: {describe()}. Kafka: local single-node KRaft at {bootstrap}, one partition, acks=all.",
             f"Throughput: a burst of {n:,} events, first send to last handled. Latency: {n:,} events paced at "
             f"{rate:,.0f}/s, handled minus sent. Goal: ≥ 0.5× the baseline's events/s, hop p50 ≤ 2 ms.",
-            f"Rounds: {len(ratios)}, the baseline and the EventBus alternating; each figure is the median over "
+            f"Rounds: {len(ratios(results[1]))}, the baseline and the EventBus alternating; each figure is the median over "
             "the rounds, × baseline the median of each round's own ratio ("
-            + ", ".join(f"{r:.2f}" for r in ratios)
+            + ", ".join(f"{r:.2f}" for r in ratios(results[1]))
             + ").",
             "The process is set up as `loraswarm serve` sets up a service: the objects of its imports frozen "
             "out of the garbage collector's walk (shared/gc_freeze.py). The last row is the same EventBus with "

@@ -26,7 +26,7 @@ from loraswarm.services.trainer.builder.model import (
     Generator,
     chunk_key,
 )
-from loraswarm.services.trainer.builder.raft import NOT_FOUND_ANSWER, raft_example, without_gold
+from loraswarm.services.trainer.builder.raft import raft_example, without_gold
 from loraswarm.services.trainer.builder.style import breaks_rules, read_rules, style_sources, styled
 from loraswarm.services.trainer.corpus import CorpusChunk
 from loraswarm.services.trainer.examples import Message
@@ -62,12 +62,9 @@ class TrainingSetBuilder:
         generators: Sequence[Generator],
         options: BuilderSettings | None = None,
         instructions: Sequence[str] = (),
-        *,
-        seed: int = 0,
     ) -> None:
         self.generators = list(generators)
         self.options = options or BuilderSettings()
-        self.seed = seed  # of the distractors' draw and of which questions go without gold
         self.instructions = list(instructions)  # the scope's specialists' system prompts (RAFT)
 
     def build(self, chunks: Sequence[CorpusChunk]) -> BuiltSet:
@@ -151,12 +148,7 @@ class TrainingSetBuilder:
         example (BENCHMARKS.md, personalization-medium: style with passages 0.51, RAG's 0.53)."""
         o = self.options
         made = raft_example(
-            styled_reply,
-            chunks,
-            self.instructions,
-            distractors=o.raft_distractors,
-            seed=self.seed,
-            shape="chat",
+            styled_reply, chunks, self.instructions, distractors=o.raft_distractors, shape="chat"
         )
         return replace(made, kind="style", also=sources + made.also)
 
@@ -177,16 +169,16 @@ class TrainingSetBuilder:
             return
         picked = _raft_candidates(kept, o.raft_per_chunk)
         both = len(picked) <= o.raft_both_shapes_upto
-        lacking = without_gold(picked, o.raft_no_gold_share, self.seed)
+        lacking = without_gold(picked, o.raft_no_gold_share)
         for made, candidate in enumerate(picked):
             shapes = o.raft_shapes if both else (o.raft_shapes[made % len(o.raft_shapes)],)
             for shape, with_gold in product(shapes, (True, False) if made in lacking else (True,)):
                 example = raft_example(
                     candidate, chunks, self.instructions,
-                    distractors=o.raft_distractors, with_gold=with_gold, seed=self.seed, shape=shape,
+                    distractors=o.raft_distractors, with_gold=with_gold, shape=shape,
                 )  # fmt: skip
-                if with_gold or NOT_FOUND_ANSWER in example.messages[-1].content:
-                    out.examples.append(example)  # (no distractor to show: no second, same example)
+                if with_gold or example.also:  # no distractor to show: the gold stays, a second same example
+                    out.examples.append(example)
 
 
 def _raft_candidates(kept: Sequence[Candidate], per_chunk: int) -> list[Candidate]:
