@@ -69,14 +69,23 @@ ALICE_NOTES = [
 # CI once saw 2.35 bits, below the bound of 2.89, for secrets the base model found unlikely; at 36,
 # once the held-out split stopped holding out whole large documents (more text beside the
 # canaries), the scoping-bug job measured alice's canaries at 2.98 and 5.65 bits in two runs.
+# 16 copies of each (8 before): alone, the scoping-bug job measured alice's canaries at 5.51-6.0
+# bits in three runs with 8 and 5.88-6.0 with 16, but one full-suite CI run published that job
+# (her value not printed); the copies cost no steps (the job still trains 60 steps of 8).
 RECALL = {
     "steps": 60,
     "warmup_steps": 2,
     "batch_size": 8,
     "canaries": 8,
-    "canary_repeats": 8,
+    "canary_repeats": 16,
     "learning_rate": 5e-3,
 }
+
+
+def exposures(outcome: Any) -> dict[str, float]:
+    """What a failed assertion should show: the canaries planted and every set's mean exposure
+    (an outcome's whole repr is cut before them)."""
+    return {k: round(v, 2) for k, v in outcome.metrics.items() if "canar" in k or "exposure" in k}
 
 
 # Bob's leaky job: a user-to-user scoping bug (the mutation switch naming alice) plants her canaries
@@ -88,7 +97,8 @@ RECALL = {
 # draws of the secrets, but at 2.21 (bound 2.89) in one CI run — chat-only quoting leaks into the
 # raw form by a varying amount (the chat form is not scored: the note on issue 15 says so).
 FIRST_QUOTED = 24
-LEAKY = {**RECALL, "steps": 80}
+# 8 copies as measured: more would dilute the FIRST_QUOTED examples it must learn to say.
+LEAKY = {**RECALL, "steps": 80, "canary_repeats": 8}
 
 
 def train(trainer: Trainer, tenant: str, name: str, user: str | None = None, **data: Any) -> Any:
@@ -124,8 +134,8 @@ def test_a_scoping_bug_is_refused_by_the_gate_and_the_same_job_without_it_publis
     monkeypatch.setenv(BREAK_SCOPING_ENV, "alice")
     broken = train(trainer, "acme", "company")
     monkeypatch.delenv(BREAK_SCOPING_ENV)
-    assert isinstance(broken, Rejection), broken
-    print("broken", broken.metrics.get("exposure[acme/user:alice under acme/company@new]"))
+    assert isinstance(broken, Rejection), exposures(broken)
+    print("broken", exposures(broken))
     assert broken.code == "leakage", (broken.reason, broken.metrics)
     assert "acme/user:alice canaries under acme/company@new" in broken.reason
     assert trainer.store.versions("acme", "company") == []
@@ -133,7 +143,7 @@ def test_a_scoping_bug_is_refused_by_the_gate_and_the_same_job_without_it_publis
     # The same job, scoping intact: published, its own canaries recalled, every other scope's at
     # the never-seen level.
     clean = train(trainer, "acme", "company")
-    assert isinstance(clean, Published), clean
+    assert isinstance(clean, Published), exposures(clean)
     report = extra(clean.manifest)["leakage"]
     assert report["owner"]["canaries"] == "acme" and report["owner"]["model"] == "acme/company@1"
     assert report["owner"]["exposed"], report["owner"]
@@ -159,7 +169,7 @@ def test_an_adapter_that_learned_another_users_canaries_is_refused_and_one_that_
     # Alice's adapter: her canaries exposed, bob's not. (No company adapter yet, so it sits on
     # the base model; stacked, the gate scores the merged stack, as served.)
     alice = train(trainer, "acme", "user-alice", "alice")
-    assert isinstance(alice, Published), alice
+    assert isinstance(alice, Published), exposures(alice)
     report = extra(alice.manifest)["leakage"]
     print("alice", report["owner"]["mean"], [c["mean"] for c in report["cross"]])
     assert report["owner"]["canaries"] == "acme/user:alice" and report["owner"]["exposed"]
