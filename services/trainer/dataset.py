@@ -232,13 +232,43 @@ def canary_sample(text: str, tokenizer: Any) -> Sample:
 #    a user's "I work in ..." notes are facts; a scope of a few retrieval-aware questions gets both shapes.
 # 6: some style replies are also asked with passages (builder `raft_style`).
 # 7: a question asked without its gold passage is asked with it too.
-DATA_REVISION = 7
+# 8: built examples are never held out (only raw text and the tenant's own examples are).
+DATA_REVISION = 8
+
+
+# Examples the builder made from a scope's documents: always trained (`split_heldout`).
+BUILT_KINDS: frozenset[Kind] = frozenset({"fact", "process", "style", "raft"})
 
 
 def split_heldout(
     units: list[Unit], fraction: float, cap: int, *, keep: frozenset[str] = frozenset()
 ) -> tuple[list[Sample], list[Sample]]:
-    """(train, held-out) samples: whole units held out, up to about `fraction` of all samples.
+    """(train, held-out) samples: the built examples (`BUILT_KINDS`) all train; of the rest (raw
+    text, the tenant's own examples) whole units are held out, up to about `fraction` of them.
+
+    A held-out document was one its adapter never learnt: each generated user's only process,
+    their start-of-day checklist (3 process and 2 retrieval-aware examples beside 1 raw block),
+    was held out whole, and every adapter condition of the eval answered it with the form of
+    the user's facts ("Your start-of-day checklist is the Benelux.") where RAG alone answered
+    all of it (BENCHMARKS.md, personalization-medium, seed 1). So the held-out loss is measured
+    on raw text of the scope's own documents, whose facts the adapter learnt as questions and
+    answers but never saw written that way. Where nothing else can be held out, built examples
+    are, as before.
+    """
+    built = [s for u in units for s in u.samples if s.kind in BUILT_KINDS]
+    rest = [Unit(u.key, [s for s in u.samples if s.kind not in BUILT_KINDS]) for u in units]
+    train, heldout = _split_units([u for u in rest if u.samples], fraction, cap, keep=keep)
+    if not heldout and built:
+        # Nothing but one raw block to hold out (a scope of one short document): its built
+        # examples are held out as before, rather than the scope refused as having none.
+        return _split_units(units, fraction, cap, keep=keep)
+    return train + built, heldout
+
+
+def _split_units(
+    units: list[Unit], fraction: float, cap: int, *, keep: frozenset[str]
+) -> tuple[list[Sample], list[Sample]]:
+    """(train, held-out): whole units held out, up to about `fraction` of all samples.
 
     Units named in `keep` are never held out, nor their documents: a scope's style sections
     (`style_units`), which the adapter learns its way of writing from. One held out left the

@@ -245,12 +245,16 @@ class TrainerSettings(BaseModel):
         default=10, ge=1, description="Steps between two `adapter.train.progress` events."
     )
     heldout_fraction: float = Field(
-        default=0.1, gt=0, lt=1, description="Share of the data kept out of training to measure quality."
+        default=0.1,
+        gt=0,
+        lt=1,
+        description="Share of the raw text and the tenant's own examples kept out of training to measure "
+        "quality; the builder's examples all train (a held-out document was one its adapter never learnt).",
     )
     max_heldout_sequences: int = Field(
         default=64,
         ge=1,
-        description="Most held-out sequences evaluated (whole documents, or their sections where no "
+        description="Most held-out sequences evaluated (whole documents' raw text, or their sections' where no "
         "document fits, are held out up to it).",
     )
     min_train_tokens: int = Field(

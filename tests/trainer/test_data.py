@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+from collections import Counter
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -11,7 +13,9 @@ from transformers import AutoTokenizer
 
 from loraswarm.services.trainer.corpus import CorpusChunk
 from loraswarm.services.trainer.dataset import (
+    BUILT_KINDS,
     IGNORE,
+    Kind,
     Unit,
     document_units,
     example_sample,
@@ -233,6 +237,37 @@ def test_sections_are_held_out_when_no_whole_document_fits(tokenizer: Any) -> No
     # A document that fits is still held out whole, before any section.
     small = [*units, *section_units([chunk("faq.md", 0, "A short answer.")], tokenizer, 16)]
     assert split_heldout(small, 0.1, cap=64)[1] == next(u for u in small if u.key == "doc:faq.md#0").samples
+
+
+def test_built_examples_always_train_and_only_raw_text_or_own_examples_are_held_out(tokenizer: Any) -> None:
+    # A generated user's scope as the eval saw it: the checklist (3 process and 2 retrieval-aware
+    # examples beside its raw block), the notes (facts, style, retrieval-aware, raw), the writing
+    # guide (kept). Held out whole before: the checklist, the user's only process.
+    def made(key: str, kinds: dict[Kind, int]) -> Unit:
+        block = document_units([chunk(key, 0, f"{key} " * 12)], tokenizer, 16)[0].samples[0]
+        return Unit(f"doc:{key}#0", [replace(block, kind=k) for k, n in kinds.items() for _ in range(n)])
+
+    units = [
+        made("checklist", {"process": 3, "raft": 2, "document": 1}),
+        made("notes", {"fact": 18, "style": 8, "raft": 10, "document": 1}),
+        made("writing", {"document": 1}),
+    ]
+    keep = frozenset({"doc:writing#0"})
+    train, heldout = split_heldout(units, 0.1, cap=64, keep=keep)
+    built = [s for u in units for s in u.samples if s.kind in BUILT_KINDS]
+    assert Counter(s for s in train if s.kind in BUILT_KINDS) == Counter(built)
+    assert len(heldout) == 1 and heldout[0].kind == "document"  # one document's raw block
+    assert heldout[0] not in train and units[2].samples[0] in train
+    assert len(train) + len(heldout) == sum(len(u.samples) for u in units)
+    assert split_heldout(units, 0.1, cap=64, keep=keep) == (train, heldout)
+    # Without built examples (the raw-text recipe, the tenant's own examples): whole units, as before.
+    raw = [Unit(u.key, [s for s in u.samples if s.kind == "document"]) for u in units]
+    assert split_heldout(raw, 0.1, cap=64, keep=keep)[1] == heldout
+    # A scope of one short document (one raw block, nothing else to hold out): its built
+    # examples are held out as before, rather than none (the job refused as a tiny dataset).
+    alone = [made("alone", {"fact": 6, "document": 1})]
+    train, heldout = split_heldout(alone, 0.5, cap=64)
+    assert heldout and len(train) + len(heldout) == 7
 
 
 def test_batches_are_grouped_by_length_and_padded_with_ignored_labels(tokenizer: Any) -> None:
