@@ -5,16 +5,27 @@ fan-out, composition) over real Kafka. The primary LLM is an instant OpenAI-comp
 and the retriever and specialists answer at once, so what is measured is the orchestration: the
 end-to-end latency minus the time inside LLM calls. Baseline, same run, same rate: one bus round
 trip (request -> a handler that answers at once -> client), the floor any design on this bus pays.
+
+The planner runs twice: in this process, beside the stand-in retriever, specialists and client
+(one event loop for all of them), and in its own process as deployed (`loraswarm serve planner`:
+its imports frozen out of the garbage collector's walk, shared/gc_freeze.py), with the rest here.
+Each row starts its clock after one request has gone all the way through (consumers assigned).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import os
+import signal
+import sys
 import tempfile
 import threading
 import time
 import uuid
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -125,10 +136,64 @@ async def _open_loop(
     return sent, time.perf_counter() - start
 
 
-async def bench_planner(settings: Settings, n: int, rate: float) -> PipelineResult:
+IN_PROCESS = "planner in this process"
+OWN_PROCESS = "planner in its own process (`loraswarm serve planner`)"
+Planner = Callable[[Settings], AbstractAsyncContextManager[object]]
+
+
+@contextlib.asynccontextmanager
+async def _planner_process(settings: Settings) -> AsyncIterator[object]:
+    """`loraswarm serve planner` on these settings, as deployed; its output in the data folder."""
+    env = {
+        **os.environ,
+        "LORASWARM_BROKER": "kafka",
+        "LORASWARM_DATA_DIR": str(settings.data_dir),
+        "LORASWARM_KAFKA__BOOTSTRAP_SERVERS": settings.kafka.bootstrap_servers,
+        "LORASWARM_KAFKA__TOPIC_PREFIX": settings.kafka.topic_prefix,
+        "LORASWARM_ORCHESTRATION__TENANTS_DIR": str(settings.orchestration.tenants_dir),
+        "LORASWARM_ORCHESTRATION__PRIMARY_LLM_BASE_URL": str(settings.orchestration.primary_llm_base_url),
+        "LORASWARM_TRACING__EXPORTER": "none",
+    }
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    with (settings.data_dir / "planner.log").open("ab") as log:
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "loraswarm.cli", "serve", "planner", "--broker", "kafka",
+            env=env, stdout=log, stderr=asyncio.subprocess.STDOUT,
+        )  # fmt: skip
+    try:
+        yield proc
+    finally:
+        if proc.returncode is None:
+            proc.send_signal(signal.SIGTERM)
+        try:
+            await asyncio.wait_for(proc.wait(), settings.shutdown_grace_s + 10)
+        except TimeoutError:
+            proc.kill()
+            await proc.wait()
+
+
+async def _warm_up(bus: EventBus, received: dict[str, float], timeout_s: float = 180) -> None:
+    """One request all the way through (the planner's and this process's consumers assigned,
+    their first reads done) before the clock starts; not counted."""
+    request = RecommendationRequested(tenant_id=TENANTS[0], question="Which refund applies?")
+    await bus.publish(request)
+    deadline = time.monotonic() + timeout_s
+    while str(request.request_id) not in received:
+        if time.monotonic() > deadline:
+            raise TimeoutError(
+                f"the warm-up request did not complete within {timeout_s:.0f} s (a planner in its own "
+                "process writes planner.log in its data folder)"
+            )
+        await asyncio.sleep(0.05)
+    received.clear()
+
+
+async def bench_planner(
+    settings: Settings, n: int, rate: float, planner: Planner = running, name: str = IN_PROCESS
+) -> PipelineResult:
     completed: dict[str, RecommendationCompleted] = {}
     received: dict[str, float] = {}
-    async with running(settings):
+    async with planner(settings):
         bus = EventBus(settings, service="bench-world")
 
         @bus.consumer(RetrievalRequested, group="bench-retriever")
@@ -151,6 +216,8 @@ async def bench_planner(settings: Settings, n: int, rate: float) -> PipelineResu
             received[str(event.request_id)] = time.perf_counter()
 
         async with bus:
+            await _warm_up(bus, received)
+            completed.clear()
             sent, elapsed = await _open_loop(bus, n, rate, received)
     latencies = [(received[k] - sent[k]) * 1000 for k in sent if k in received]
     overheads = [
@@ -158,7 +225,7 @@ async def bench_planner(settings: Settings, n: int, rate: float) -> PipelineResu
         for e in completed.values()
     ]
     return PipelineResult(
-        f"planner, {len(completed)}/{n} completed",
+        f"{name}, {len(completed)}/{n} completed",
         percentile(latencies, 50),
         percentile(latencies, 95),
         len(received) / elapsed * 60,
@@ -213,7 +280,10 @@ def markdown(results: list[PipelineResult], n: int, rate: float) -> str:
             f"Machine: {describe()}. Real local Kafka; {n} requests over {len(TENANTS)} tenants, open loop at {rate:g}/s; "
             "the primary LLM answers instantly and the retriever and specialists at once, so the overhead column "
             "(end-to-end minus time inside LLM calls) is the planner's own cost: 6 Kafka hops, state writes to the "
-            "compacted state topic with a read barrier, plan validation, fan-out, composition. Goal: overhead p50 ≤ 20 ms. "
+            "compacted state topic with a read barrier, plan validation, fan-out, composition. The planner runs in this "
+            "process (one event loop with the stand-in services and the client) and then in its own, as deployed "
+            "(`loraswarm serve planner`, its imports' objects frozen out of the garbage collector's walk); each row's "
+            "clock starts after one request has gone through. Goal: overhead p50 ≤ 20 ms. "
             "End-to-end latency with the real model server is dominated by generation on the CPU and is not in this table.",
             "",
             *rows,
@@ -236,7 +306,14 @@ async def run(settings: Settings, *, n: int, rate: float, out: Path) -> list[Pip
             _tenants(s.orchestration.tenants_dir)
             base = s.model_copy(deep=True)
             base.kafka.topic_prefix = prefix + "echo-"
-            results = [await bench_round_trip(base, n, rate), await bench_planner(s, n, rate)]
+            own = s.model_copy(deep=True)
+            own.kafka.topic_prefix = prefix + "own-"
+            own.data_dir = Path(tmp) / "own-data"
+            results = [
+                await bench_round_trip(base, n, rate),
+                await bench_planner(s, n, rate),
+                await bench_planner(own, n, rate, _planner_process, OWN_PROCESS),
+            ]
     finally:
         server.should_exit = True
         thread.join(timeout=5)
