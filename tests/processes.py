@@ -7,40 +7,21 @@ child reads; `process` runs one child and stops it with the signal given, killin
 from __future__ import annotations
 
 import contextlib
-import os
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 
+from loraswarm.cli.serve import child_env as service_env
+from loraswarm.cli.serve import command as serve
 from loraswarm.shared.ports import free_port, free_ports
 from loraswarm.shared.settings import Settings
 
 __all__ = ["free_port", "free_ports", "otlp_env", "process", "serve", "service_env", "wait_http"]
 
 ROOT = Path(__file__).parents[1]
-
-
-def service_env(settings: Settings, **extra: str) -> dict[str, str]:
-    """The environment of a child service sharing this test's Kafka prefix, data and tenants."""
-    return {
-        **os.environ,
-        "LORASWARM_BROKER": "kafka",
-        "LORASWARM_DATA_DIR": str(settings.data_dir),
-        "LORASWARM_KAFKA__BOOTSTRAP_SERVERS": settings.kafka.bootstrap_servers,
-        "LORASWARM_KAFKA__TOPIC_PREFIX": settings.kafka.topic_prefix,
-        "LORASWARM_KAFKA__PARTITIONS": str(settings.kafka.partitions),
-        "LORASWARM_ORCHESTRATION__TENANTS_DIR": str(settings.orchestration.tenants_dir),
-        **extra,
-    }
-
-
-def serve(service: str, *options: str) -> list[str]:
-    """The command line of `loraswarm serve SERVICE OPTIONS...`."""
-    return [sys.executable, "-m", "loraswarm.cli", "serve", service, *options]
 
 
 @contextlib.contextmanager

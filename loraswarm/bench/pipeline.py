@@ -17,9 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import os
 import signal
-import sys
 import tempfile
 import threading
 import time
@@ -36,6 +34,7 @@ from fastapi import FastAPI
 
 from loraswarm.bench.machine import describe
 from loraswarm.bench.report import percentile, write_section
+from loraswarm.cli.serve import child_env, command
 from loraswarm.services.planner.app import running
 from loraswarm.shared.bus import EventBus
 from loraswarm.shared.events import (
@@ -144,22 +143,16 @@ Planner = Callable[[Settings], AbstractAsyncContextManager[object]]
 @contextlib.asynccontextmanager
 async def _planner_process(settings: Settings) -> AsyncIterator[object]:
     """`loraswarm serve planner` on these settings, as deployed; its output in the data folder."""
-    env = {
-        **os.environ,
-        "LORASWARM_BROKER": "kafka",
-        "LORASWARM_DATA_DIR": str(settings.data_dir),
-        "LORASWARM_KAFKA__BOOTSTRAP_SERVERS": settings.kafka.bootstrap_servers,
-        "LORASWARM_KAFKA__TOPIC_PREFIX": settings.kafka.topic_prefix,
-        "LORASWARM_ORCHESTRATION__TENANTS_DIR": str(settings.orchestration.tenants_dir),
-        "LORASWARM_ORCHESTRATION__PRIMARY_LLM_BASE_URL": str(settings.orchestration.primary_llm_base_url),
-        "LORASWARM_TRACING__EXPORTER": "none",
-    }
+    env = child_env(
+        settings,
+        LORASWARM_ORCHESTRATION__PRIMARY_LLM_BASE_URL=str(settings.orchestration.primary_llm_base_url),
+        LORASWARM_TRACING__EXPORTER="none",
+    )
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     with (settings.data_dir / "planner.log").open("ab") as log:
         proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "loraswarm.cli", "serve", "planner", "--broker", "kafka",
-            env=env, stdout=log, stderr=asyncio.subprocess.STDOUT,
-        )  # fmt: skip
+            *command("planner", "--broker", "kafka"), env=env, stdout=log, stderr=asyncio.subprocess.STDOUT
+        )
     try:
         yield proc
     finally:

@@ -30,6 +30,26 @@ from loraswarm.shared.tracing import configure_tracing
 console = Console()
 
 
+def child_env(settings: Settings, **extra: str) -> dict[str, str]:
+    """The environment of a `loraswarm serve` child sharing these settings' Kafka (prefix and
+    partitions), data folder and tenants; `extra` adds or overrides LORASWARM_* variables."""
+    return {
+        **os.environ,
+        "LORASWARM_BROKER": "kafka",
+        "LORASWARM_DATA_DIR": str(settings.data_dir),
+        "LORASWARM_KAFKA__BOOTSTRAP_SERVERS": settings.kafka.bootstrap_servers,
+        "LORASWARM_KAFKA__TOPIC_PREFIX": settings.kafka.topic_prefix,
+        "LORASWARM_KAFKA__PARTITIONS": str(settings.kafka.partitions),
+        "LORASWARM_ORCHESTRATION__TENANTS_DIR": str(settings.orchestration.tenants_dir),
+        **extra,
+    }
+
+
+def command(service: str, *options: str) -> list[str]:
+    """The command line of `loraswarm serve SERVICE OPTIONS...` in this interpreter."""
+    return [sys.executable, "-m", "loraswarm.cli", "serve", service, *options]
+
+
 def available() -> list[str]:
     return sorted(m.name for m in pkgutil.iter_modules(services.__path__) if m.ispkg)
 
