@@ -235,6 +235,34 @@ class BatchingEngine:
     def in_flight(self) -> int:
         return len(self._waiting) + len(self._running)
 
+    # ------------------------------------------------------------------ by hand (benches)
+
+    def prefill_by_hand(self, requests: list[GenerationRequest]) -> None:
+        """Prefill `requests` into the running batch in the caller's thread (`loraswarm bench
+        decode`); only while the engine's own thread is not started."""
+        if self._thread is not None:
+            raise RuntimeError("the engine's thread is running: submit() instead")
+        self._prefill(requests)
+
+    def decode_by_hand(self) -> int:
+        """One decode step of the running batch in the caller's thread; the rows it decoded."""
+        if self._thread is not None:
+            raise RuntimeError("the engine's thread is running: submit() instead")
+        rows = len(self._running)
+        if rows:
+            self._decode()
+        return rows
+
+    def clear_by_hand(self) -> None:
+        """End every running row without emitting anything and free the cache (between bench runs)."""
+        if self._thread is not None:
+            raise RuntimeError("the engine's thread is running")
+        self._running = []
+        self.cache.release()
+        self.lora.clear()
+        if self.prompts is not None:
+            self.prompts.clear()
+
     # ------------------------------------------------------------------ the loop (engine thread)
 
     def _loop(self) -> None:
