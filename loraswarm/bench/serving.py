@@ -31,7 +31,7 @@ each in their own, one system at a time, all on the same number of CPU threads.
 
 Then, in-process: adapter cold-load time (rank 8, from the store, into the server's registry),
 1,000 registered adapters touched through an LRU of 64 (resident count, bytes, RSS), and the
-machine's fp32 matmul peak, against which decode throughput is stated.
+machine's matmul peak in the served dtype, against which decode throughput is stated.
 """
 
 from __future__ import annotations
@@ -53,7 +53,15 @@ from typing import Any
 import httpx
 
 from loraswarm.bench.drive import Outcome, Request, RunResult, drive_tgi
-from loraswarm.bench.peers import Peer, Served, Workload, llama_server_peer, run_peer, vllm_peer
+from loraswarm.bench.peers import (
+    Peer,
+    Served,
+    Workload,
+    llama_server_peer,
+    run_peer,
+    vllm_isa_peer,
+    vllm_peer,
+)
 from loraswarm.shared.ports import free_port
 from loraswarm.shared.settings import Settings
 
@@ -358,15 +366,16 @@ def adapter_figures(settings: Settings, options: Options, root: Path) -> Adapter
     )
 
 
-def matmul_peak_gflops(threads: int) -> float:
-    """The best fp32 GFLOP/s of square matmuls on this machine, with the server's thread count."""
+def matmul_peak_gflops(threads: int, dtype: str = "float32") -> float:
+    """The best GFLOP/s of square matmuls in `dtype` on this machine, with the server's thread count."""
     import torch
 
     if threads:
         torch.set_num_threads(threads)
     best = 0.0
+    kind = getattr(torch, dtype)
     for n in (512, 1024, 2048):
-        a, b = torch.randn(n, n), torch.randn(n, n)
+        a, b = torch.randn(n, n, dtype=kind), torch.randn(n, n, dtype=kind)
         torch.mm(a, b)
         for _ in range(3):
             started = time.perf_counter()
@@ -416,7 +425,11 @@ class Report:
     burst_prompt_tokens: float = 0.0
 
 
-PEERS: dict[str, Callable[[Settings, Served], Peer]] = {"vllm": vllm_peer, "llama.cpp": llama_server_peer}
+PEERS: dict[str, Callable[[Settings, Served], Peer]] = {
+    "vllm": vllm_peer,
+    "vllm-isa": vllm_isa_peer,
+    "llama.cpp": llama_server_peer,
+}
 
 
 def _stop(process: subprocess.Popen[str]) -> None:
@@ -490,7 +503,7 @@ def run(settings: Settings, options: Options) -> Report:
         )
         static = peft_static(peft_model, tokenizer, requests, options.batch, eos)
         figures = adapter_figures(bench_settings, options, root)
-    peak = matmul_peak_gflops(options.threads)
+    peak = matmul_peak_gflops(options.threads, options.dtype)
     return Report(
         options=options,
         runs=[served, base, swap, static],

