@@ -6,11 +6,11 @@ adapters, ~70 prompt tokens), prefilled together, then `steps` decode steps, eac
 every row. Measured in one process, in the order A B B A so drift hits both alike: A the step as
 served, B the same rows on the base model alone.
 
-Then a profile of A (one more pass, with timing hooks on the modules: the hooks cost time of
-their own, so the profile's total is above the timed step) splits a step into the
-base weights' matmuls, the LoRA deltas, the attention core (rotary, KV-cache write, scores,
-softmax, values), the MLP's activation, the norms, the LM head, choosing and emitting tokens, and
-what is left (Python and framework glue). And the floor: the same matmuls alone, each timed on
+Then a profile of A (one more pass, with timing hooks on the modules, which cost time of their
+own: read its shares, not its sum, against the timed step) splits a step into the base weights'
+matmuls, the LoRA deltas, the attention core (rotary, KV-cache write, scores, softmax, values),
+the MLP's activation, the norms, the LM head, choosing and emitting tokens, and what is left
+(Python and framework glue). And the floor: the same matmuls alone, each timed on
 its own at this batch size, and the weights read once at this machine's copy bandwidth.
 """
 
