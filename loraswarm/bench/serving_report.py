@@ -13,7 +13,7 @@ from pathlib import Path
 from loraswarm.bench.drive import RunResult
 from loraswarm.bench.machine import describe
 from loraswarm.bench.report import percentile, write_section
-from loraswarm.bench.serving import PeerRows, Report, burst, workload
+from loraswarm.bench.serving import Report, burst, workload
 
 
 def _ms(values: list[float], q: float) -> str:
@@ -41,10 +41,6 @@ def _ratio(a: RunResult, b: RunResult) -> float | str:
     if a.missing or b.missing:
         return "; ".join(f"{r.name}: {r.missing}" for r in (a, b) if r.missing)
     return a.throughput / b.throughput
-
-
-def _peer(report: Report, key: str) -> PeerRows | None:
-    return next((p for p in report.peers if p.key == key), None)
 
 
 VLLM_KEYS = ("vllm", "vllm-isa")  # the generic build and the one for this CPU's ISA
